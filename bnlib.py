@@ -1,0 +1,410 @@
+"""bnlib: the small numpy library behind the Batch Normalization course.
+
+Every notebook imports this file; each function is explained once, in the
+notebook that introduces it, and reused everywhere else. Sections:
+
+1. The math of batch normalization (forward, backward, inference)
+2. The BatchNorm layer with running statistics (PyTorch's conventions)
+3. Checking tools (relative error, finite differences, exercise checks)
+4. Data (the MNIST subset shipped in data/)
+5. Small models and training loops
+6. Plots and widgets
+
+Notation follows Ioffe & Szegedy (2015), "Batch Normalization: Accelerating
+Deep Network Training by Reducing Internal Covariate Shift", arXiv 1502.03167:
+for one feature, over a batch of m values x_i,
+
+    mu = mean(x),  var = mean((x - mu)^2),  invstd = 1 / sqrt(var + eps),
+    x_hat = (x - mu) * invstd,               out = gamma * x_hat + beta.
+
+Arrays are (N, D) (one statistic per feature, i.e. per column) or
+(N, C, H, W) (one statistic per channel, over N, H and W).
+"""
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "batchnorm_forward", "batchnorm_backward", "batchnorm_backward_steps",
+    "batchnorm_inference", "BatchNorm",
+    "rel_error", "numerical_gradient", "compare", "run_check",
+    "load_mnist", "DATA_DIR",
+    "BN_COLOR", "PLAIN_COLOR",
+]
+
+
+# ---------------------------------------------------------------------------
+# 1. The math of batch normalization
+# ---------------------------------------------------------------------------
+
+def _stat_axes(x, caller):
+    """Axes that hold one feature's batch: (0,) for (N, D), (0, 2, 3) for (N, C, H, W)."""
+    if x.ndim == 2:
+        return (0,)
+    if x.ndim == 4:
+        return (0, 2, 3)
+    raise ValueError(
+        f"{caller}: x must be 2-D (N, D) or 4-D (N, C, H, W), got shape {x.shape} "
+        f"({x.ndim}-D). Reshape it, e.g. x.reshape(len(x), -1) for a batch of vectors.")
+
+
+def _as_float_array(x, caller, name="x"):
+    """x as a floating numpy array (ints become float64); reject NaN and inf."""
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        if not np.issubdtype(x.dtype, np.number):
+            raise ValueError(f"{caller}: {name} must hold numbers, got dtype {x.dtype}.")
+        x = x.astype(np.float64)
+    if not np.isfinite(x).all():
+        raise ValueError(f"{caller}: {name} contains NaN or inf; check the layer before "
+                         "(a diverging learning rate is the usual cause).")
+    return x
+
+
+def _param(p, name, x, caller):
+    """gamma/beta (or a running statistic) as an array of x's dtype, shaped to broadcast."""
+    channels = x.shape[1]
+    p = np.asarray(p, dtype=x.dtype)
+    if p.shape != (channels,):
+        raise ValueError(
+            f"{caller}: {name} must have shape ({channels},), one value per "
+            f"{'feature' if x.ndim == 2 else 'channel'} of x {x.shape}; got {p.shape}.")
+    return p if x.ndim == 2 else p.reshape(1, channels, 1, 1)
+
+
+def _check_eps(eps, caller):
+    if not eps > 0:
+        raise ValueError(f"{caller}: eps must be > 0 (it keeps 1/sqrt(var + eps) finite "
+                         f"for a constant feature); got {eps}. PyTorch uses 1e-5.")
+
+
+def batchnorm_forward(x, gamma, beta, eps=1e-5):
+    """Batch normalization with batch statistics (training mode).
+
+    x: (N, D) or (N, C, H, W). gamma, beta: (D,) or (C,).
+    Statistics per feature (column) or per channel (over N, H, W); m values each:
+        mu = mean(x), var = mean((x - mu)^2)  (biased, 1/m), invstd = 1/sqrt(var + eps)
+        x_hat = (x - mu) * invstd,  out = gamma * x_hat + beta
+    Returns (out, cache): out has x's shape and dtype; cache is what
+    batchnorm_backward and batchnorm_backward_steps need.
+    """
+    caller = "batchnorm_forward"
+    x = _as_float_array(x, caller)
+    axes = _stat_axes(x, caller)
+    _check_eps(eps, caller)
+    gamma, beta = _param(gamma, "gamma", x, caller), _param(beta, "beta", x, caller)
+    m = x.size // x.shape[1]
+    if m == 1:
+        raise ValueError(
+            f"{caller}: Expected more than 1 value per channel when training, got input of "
+            f"shape {x.shape}. A batch of one example has variance 0: use eval mode "
+            "(running statistics, BatchNorm.eval()) or a batch larger than 1.")
+    mu = x.mean(axis=axes, keepdims=True)
+    xc = x - mu                                   # two passes: never E[x^2] - E[x]^2
+    var = np.mean(xc * xc, axis=axes, keepdims=True)
+    invstd = 1.0 / np.sqrt(var + eps)
+    x_hat = xc * invstd
+    out = gamma * x_hat + beta
+    cache = {"x_hat": x_hat, "xc": xc, "var": var, "invstd": invstd,
+             "gamma": gamma, "eps": eps, "axes": axes, "mu": mu}
+    return out, cache
+
+
+def batchnorm_backward(dout, cache):
+    """Gradients of batch normalization, compact form.
+
+    dout: upstream gradient, the shape of out. Returns (dx, dgamma, dbeta) with
+    dx of x's shape and dgamma, dbeta of shape (D,) or (C,):
+        dbeta  = sum(dout),  dgamma = sum(dout * x_hat)
+        dx = gamma * invstd / m * (m * dout - dbeta - x_hat * dgamma)
+    (sums over the m values of each feature or channel).
+    """
+    x_hat, invstd, gamma, axes = cache["x_hat"], cache["invstd"], cache["gamma"], cache["axes"]
+    dout = np.asarray(dout, dtype=x_hat.dtype)
+    if dout.shape != x_hat.shape:
+        raise ValueError(f"batchnorm_backward: dout must have the forward output's shape "
+                         f"{x_hat.shape}, got {dout.shape}.")
+    m = x_hat.size // x_hat.shape[1]
+    dbeta = dout.sum(axis=axes, keepdims=True)
+    dgamma = np.sum(dout * x_hat, axis=axes, keepdims=True)
+    dx = (gamma * invstd / m) * (m * dout - dbeta - x_hat * dgamma)
+    return dx, dgamma.ravel(), dbeta.ravel()
+
+
+def batchnorm_backward_steps(dout, cache):
+    """The same gradients as batchnorm_backward, node by node through the graph.
+
+    Forward graph: mu = mean(x); xc = x - mu; var = mean(xc^2);
+    std = sqrt(var + eps); invstd = 1/std; x_hat = xc * invstd; out = gamma*x_hat + beta.
+    Each line below is one node's local gradient times the upstream gradient.
+    Returns (dx, dgamma, dbeta).
+    """
+    x_hat, xc, var, eps = cache["x_hat"], cache["xc"], cache["var"], cache["eps"]
+    gamma, invstd, axes = cache["gamma"], cache["invstd"], cache["axes"]
+    dout = np.asarray(dout, dtype=x_hat.dtype)
+    m = x_hat.size // x_hat.shape[1]
+    dbeta = dout.sum(axis=axes, keepdims=True)               # out = ... + beta
+    dgamma = np.sum(dout * x_hat, axis=axes, keepdims=True)  # out = gamma * x_hat + ...
+    dx_hat = dout * gamma
+    dinvstd = np.sum(dx_hat * xc, axis=axes, keepdims=True)  # x_hat = xc * invstd
+    dxc = dx_hat * invstd
+    std = np.sqrt(var + eps)
+    dstd = -dinvstd / std**2                                  # invstd = 1 / std
+    dvar = dstd * 0.5 / std                                   # std = sqrt(var + eps)
+    dxc = dxc + dvar * 2.0 * xc / m                           # var = mean(xc^2)
+    dmu = -np.sum(dxc, axis=axes, keepdims=True)              # xc = x - mu
+    dx = dxc + dmu / m                                        # mu = mean(x)
+    return dx, dgamma.ravel(), dbeta.ravel()
+
+
+def batchnorm_inference(x, gamma, beta, mean, var, eps=1e-5):
+    """Batch normalization with fixed statistics (eval mode): an affine map per feature.
+
+    x: (N, D) or (N, C, H, W); gamma, beta, mean, var: (D,) or (C,).
+        out = gamma * (x - mean) / sqrt(var + eps) + beta
+    """
+    caller = "batchnorm_inference"
+    x = _as_float_array(x, caller)
+    _stat_axes(x, caller)
+    _check_eps(eps, caller)
+    gamma, beta = _param(gamma, "gamma", x, caller), _param(beta, "beta", x, caller)
+    mean, var = _param(mean, "mean", x, caller), _param(var, "var", x, caller)
+    return gamma * (x - mean) / np.sqrt(var + eps) + beta
+
+
+# ---------------------------------------------------------------------------
+# 2. The BatchNorm layer with running statistics
+# ---------------------------------------------------------------------------
+
+class BatchNorm:
+    """A batch normalization layer with PyTorch's conventions.
+
+    BatchNorm(num_features, eps=1e-5, momentum=0.1) for x of shape (N, D) with
+    D = num_features, or (N, C, H, W) with C = num_features.
+
+    Training mode (the default): normalize with the batch mean and the biased
+    batch variance, then update the running statistics, momentum weighting
+    the NEW value (as torch.nn.BatchNorm1d/2d):
+        running_mean = (1 - momentum) * running_mean + momentum * mu
+        running_var  = (1 - momentum) * running_var  + momentum * var * m / (m - 1)
+    where m is the number of values per feature (the unbiased variance is stored).
+    Eval mode: normalize with running_mean and running_var.
+
+    Attributes: gamma, beta (learned, start at 1 and 0), running_mean (starts
+    at 0), running_var (starts at 1), training; after backward, dgamma, dbeta.
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+        if int(num_features) != num_features or num_features < 1:
+            raise ValueError(f"BatchNorm: num_features must be a positive integer, got {num_features!r}.")
+        _check_eps(eps, "BatchNorm")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(
+                f"BatchNorm: momentum must be in [0, 1] (PyTorch's convention: the weight "
+                f"of the NEW batch statistic, default 0.1), got {momentum}. Keras's "
+                f"momentum=0.99 weights the old value: use 1 - 0.99 = 0.01 here.")
+        self.num_features, self.eps, self.momentum = int(num_features), eps, momentum
+        self.gamma = np.ones(self.num_features)
+        self.beta = np.zeros(self.num_features)
+        self.running_mean = np.zeros(self.num_features)
+        self.running_var = np.ones(self.num_features)
+        self.training = True
+        self.dgamma = self.dbeta = self._cache = None
+
+    def train(self):
+        """Switch to training mode (batch statistics, running statistics updated)."""
+        self.training = True
+        return self
+
+    def eval(self):
+        """Switch to eval mode (running statistics, nothing updated)."""
+        self.training = False
+        return self
+
+    def forward(self, x):
+        """Normalize x, (N, num_features) or (N, num_features, H, W); returns out of x's shape."""
+        x = np.asarray(x)
+        if x.ndim in (2, 4) and x.shape[1] != self.num_features:
+            raise ValueError(
+                f"BatchNorm: this layer has {self.num_features} features, but x of shape "
+                f"{x.shape} has {x.shape[1]} in axis 1. Build the layer as "
+                f"BatchNorm({x.shape[1]}) or check the layer that feeds it.")
+        if not self.training:
+            return batchnorm_inference(x, self.gamma, self.beta, self.running_mean,
+                                       self.running_var, self.eps)
+        out, self._cache = batchnorm_forward(x, self.gamma, self.beta, self.eps)
+        m = out.size // self.num_features
+        mu, var = self._cache["mu"].ravel(), self._cache["var"].ravel()
+        self.running_mean = (1 - self.momentum) * self.running_mean + self.momentum * mu
+        self.running_var = (1 - self.momentum) * self.running_var + self.momentum * var * m / (m - 1)
+        return out
+
+    __call__ = forward
+
+    def backward(self, dout):
+        """Gradient of the last training-mode forward; returns dx, stores dgamma and dbeta."""
+        if self._cache is None:
+            raise ValueError("BatchNorm.backward: call forward in training mode first "
+                             "(eval mode keeps nothing for a backward pass).")
+        dx, self.dgamma, self.dbeta = batchnorm_backward(dout, self._cache)
+        return dx
+
+    def __repr__(self):
+        return (f"BatchNorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"training={self.training})")
+
+
+# ---------------------------------------------------------------------------
+# 3. Checking tools
+# ---------------------------------------------------------------------------
+
+def rel_error(a, b):
+    """Largest elementwise relative error: max |a - b| / max(1e-8, |a| + |b|).
+
+    As in CS231n: below 1e-7 is right in float64; 1e-2 or more is almost surely a bug.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"rel_error: shapes differ, {a.shape} vs {b.shape}.")
+    return float(np.max(np.abs(a - b) / np.maximum(1e-8, np.abs(a) + np.abs(b))))
+
+
+def numerical_gradient(f, x, dout, h=1e-5):
+    """Centered finite differences of sum(f(x) * dout) with respect to x.
+
+    f: function of an array of x's shape. x: float array, changed in place
+    during the loop and restored. Returns an array of x's shape:
+        grad[i] = (sum(f(x + h e_i) * dout) - sum(f(x - h e_i) * dout)) / (2h)
+    Use float64: in float32 the rounding error swamps the difference.
+    """
+    x = np.asarray(x)
+    grad = np.zeros_like(x, dtype=np.float64)
+    for i in np.ndindex(x.shape):
+        old = x[i]
+        x[i] = old + h
+        plus = np.sum(f(x) * dout)
+        x[i] = old - h
+        minus = np.sum(f(x) * dout)
+        x[i] = old
+        grad[i] = (plus - minus) / (2 * h)
+    return grad
+
+
+def compare(name, ours, reference, tol=1e-10):
+    """Print one line a learner reads at a glance: do two arrays agree within tol?
+
+    The line gives a bound (deterministic across machines), not the noisy exact
+    difference. Returns True when max |ours - reference| < tol.
+    """
+    ours = np.asarray(ours, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    if ours.shape != reference.shape:
+        print(f"{name:<34} DIFFERENT shapes {ours.shape} vs {reference.shape}")
+        return False
+    diff = float(np.max(np.abs(ours - reference))) if ours.size else 0.0
+    if diff < tol:
+        print(f"{name:<34} agree   (max |diff| < {tol:.0e})")
+        return True
+    print(f"{name:<34} DIFFER  (max |diff| = {diff:.3g}, tolerance {tol:.0e})")
+    return False
+
+
+class CheckFailed(Exception):
+    """Raised inside a check to report what is wrong with a learner's answer."""
+
+
+def run_check(title, check):
+    """Run check() and print 'PASS' or what is wrong, never a bare traceback.
+
+    check: a function that raises CheckFailed (or AssertionError) with a
+    message for the learner. A NotImplementedError from the learner's stub
+    means "not done yet". Returns True on pass.
+    """
+    try:
+        check()
+    except NotImplementedError:
+        print(f"{title}: not done yet. Replace the `raise NotImplementedError` line "
+              "with your code, run the cell, then run this check again.")
+        return False
+    except (CheckFailed, AssertionError) as exc:
+        print(f"{title}: not yet. {exc}")
+        return False
+    except Exception as exc:  # the learner's code crashed: say where, briefly
+        print(f"{title}: your code raised {type(exc).__name__}: {exc}")
+        return False
+    print(f"{title}: PASS")
+    return True
+
+
+def expect_array(name, got, want, tol=1e-8):
+    """Inside a check: raise CheckFailed saying how `got` differs from `want`."""
+    if got is None:
+        raise CheckFailed(f"{name} is None: did your function forget to `return` it?")
+    got = np.asarray(got)
+    want = np.asarray(want)
+    if got.shape != want.shape:
+        raise CheckFailed(f"{name} has shape {got.shape}, expected {want.shape}.")
+    err = np.abs(got.astype(np.float64) - want)
+    if not np.all(err < tol):
+        where = np.unravel_index(np.argmax(err), err.shape)
+        raise CheckFailed(f"{name} is off by up to {err.max():.3g} (at index {tuple(map(int, where))}: "
+                          f"got {got[where]:.6g}, expected {want[where]:.6g}).")
+
+
+# ---------------------------------------------------------------------------
+# 4. Data: the MNIST subset shipped in data/
+# ---------------------------------------------------------------------------
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+_MNIST_CACHE = {}
+
+
+def _verify_mnist_files():
+    """Check every raw file against data/SHA256SUMS; raise a clear error otherwise."""
+    sums = DATA_DIR / "SHA256SUMS"
+    if not sums.exists():
+        raise FileNotFoundError(f"{sums} is missing. Restore it with `git checkout -- data/`.")
+    for line in sums.read_text().splitlines():
+        digest, name = line.split()
+        path = DATA_DIR / name
+        if not path.exists():
+            raise FileNotFoundError(
+                f"MNIST file {path} is missing. Restore it with `git checkout -- data/` "
+                "or rebuild it with `python tools/make_mnist_subset.py`.")
+        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            raise ValueError(
+                f"MNIST file {path} is corrupted (its SHA-256 differs from data/SHA256SUMS). "
+                "Restore it with `git checkout -- data/` or rebuild it with "
+                "`python tools/make_mnist_subset.py`.")
+
+
+def load_mnist(train=True):
+    """The course's MNIST subset: 8,000 training or 2,000 test digits.
+
+    Read through torchvision.datasets.MNIST(root=data/, download=False), offline.
+    Returns (X, y): X float32 (N, 784) in [0, 1], one flattened 28x28 digit a row;
+    y int64 (N,), the digit 0..9. Source and licence: data/README.md.
+    """
+    if train not in _MNIST_CACHE:
+        _verify_mnist_files()
+        from torchvision.datasets import MNIST
+        ds = MNIST(root=str(DATA_DIR), train=train, download=False)
+        X = ds.data.numpy().reshape(len(ds), 784).astype(np.float32) / np.float32(255)
+        _MNIST_CACHE[train] = (X, ds.targets.numpy().astype(np.int64))
+    X, y = _MNIST_CACHE[train]
+    return X.copy(), y.copy()
+
+
+# ---------------------------------------------------------------------------
+# 5. Small models and training loops
+# ---------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------
+# 6. Plots and widgets
+# ---------------------------------------------------------------------------
+
+# One colour for "with BN" and one for "without BN", across the whole course.
+BN_COLOR = "#1b9e77"
+PLAIN_COLOR = "#d95f02"
