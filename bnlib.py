@@ -30,7 +30,8 @@ __all__ = [
     "batchnorm_inference", "BatchNorm",
     "rel_error", "numerical_gradient", "compare", "run_check",
     "load_mnist", "DATA_DIR",
-    "BN_COLOR", "PLAIN_COLOR",
+    "sigmoid", "MLP", "Linear", "softmax_cross_entropy", "sgd_step", "accuracy", "train_model",
+    "BN_COLOR", "PLAIN_COLOR", "interactive_figure", "slider_panel",
 ]
 
 
@@ -400,6 +401,192 @@ def load_mnist(train=True):
 # 5. Small models and training loops
 # ---------------------------------------------------------------------------
 
+def sigmoid(z):
+    """Logistic function 1 / (1 + exp(-z)), computed without overflow for large |z|."""
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(np.result_type(z, np.float32))
+
+
+ACTIVATIONS = {
+    # name: (f(z), f'(z) written in terms of z and a = f(z))
+    "sigmoid": (sigmoid, lambda z, a: a * (1 - a)),
+    "relu": (lambda z: np.maximum(z, 0), lambda z, a: (z > 0).astype(z.dtype)),
+    "linear": (lambda z: z, lambda z, a: np.ones_like(z)),
+}
+
+# Normalization layers an MLP can use: name -> class taking (num_features).
+# Every one has forward, backward, train, eval, gamma, beta, dgamma, dbeta.
+NORM_LAYERS = {"batch": BatchNorm}
+
+
+class Linear:
+    """Fully connected layer: out = x @ W + b. x: (N, fan_in) -> out: (N, fan_out).
+
+    With bias=False there is no b (before a BN layer beta plays its role).
+    """
+
+    def __init__(self, fan_in, fan_out, rng, scale, bias=True, dtype=np.float32):
+        self.W = (rng.standard_normal((fan_in, fan_out)) * scale).astype(dtype)
+        self.b = np.zeros(fan_out, dtype=dtype) if bias else None
+        self.dW = self.db = None
+
+    def forward(self, x):
+        self._x = x
+        return x @ self.W if self.b is None else x @ self.W + self.b
+
+    def backward(self, dout):
+        self.dW = self._x.T @ dout
+        if self.b is not None:
+            self.db = dout.sum(axis=0)
+        return dout @ self.W.T
+
+
+class MLP:
+    """A multilayer perceptron: [Linear -> (norm) -> activation] per hidden layer, then Linear.
+
+    MLP(sizes=[784, 100, 10], activation="sigmoid", norm=None or "batch", seed=0)
+    x: (N, sizes[0]) -> logits (N, sizes[-1]). With a norm layer the Linear before it
+    has no bias. Weights ~ N(0, scale^2 / fan_in) with scale 1 (sigmoid, linear) or
+    sqrt(2) (relu) unless weight_scale is given. After forward, `pre_norm[l]` holds
+    hidden layer l's Linear output z and `pre_activation[l]` the activation's input.
+    """
+
+    def __init__(self, sizes, activation="relu", norm=None, seed=0, weight_scale=None,
+                 dtype=np.float32, bias=None, momentum=0.1, eps=1e-5):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"MLP: activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}.")
+        if norm is not None and norm not in NORM_LAYERS:
+            raise ValueError(f"MLP: norm must be None or one of {sorted(NORM_LAYERS)}, got {norm!r}.")
+        rng = np.random.default_rng(seed)
+        gain = weight_scale if weight_scale is not None else (np.sqrt(2.0) if activation == "relu" else 1.0)
+        bias = (norm is None) if bias is None else bias
+        self.activation, self.norm = activation, norm
+        self.linears, self.norms = [], []
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            last = i == len(sizes) - 2
+            self.linears.append(Linear(fan_in, fan_out, rng, gain / np.sqrt(fan_in),
+                                       bias=True if last else bias, dtype=dtype))
+            if norm is not None and not last:
+                layer = NORM_LAYERS[norm](fan_out, eps=eps, momentum=momentum)
+                layer.gamma, layer.beta = layer.gamma.astype(dtype), layer.beta.astype(dtype)
+                self.norms.append(layer)
+        self.pre_norm, self.pre_activation = [], []
+
+    def train(self):
+        for layer in self.norms:
+            layer.train()
+        return self
+
+    def eval(self):
+        for layer in self.norms:
+            layer.eval()
+        return self
+
+    def forward(self, x):
+        f, _ = ACTIVATIONS[self.activation]
+        self.pre_norm, self.pre_activation, self._acts = [], [], []
+        h = x
+        for i, linear in enumerate(self.linears[:-1]):
+            z = linear.forward(h)
+            self.pre_norm.append(z)
+            if self.norms:
+                z = self.norms[i].forward(z)
+            self.pre_activation.append(z)
+            h = f(z)
+            self._acts.append(h)
+        return self.linears[-1].forward(h)
+
+    __call__ = forward
+
+    def backward(self, dlogits):
+        """Backpropagate dL/dlogits; fills every layer's dW, db, dgamma, dbeta. Returns dL/dx."""
+        _, df = ACTIVATIONS[self.activation]
+        dh = self.linears[-1].backward(dlogits)
+        for i in range(len(self.linears) - 2, -1, -1):
+            dz = dh * df(self.pre_activation[i], self._acts[i])
+            if self.norms:
+                dz = self.norms[i].backward(dz)
+            dh = self.linears[i].backward(dz)
+        return dh
+
+    def parameters(self):
+        """List of (name, array, gradient) for every learned array, in a fixed order."""
+        params = []
+        for i, lin in enumerate(self.linears):
+            params.append((f"W{i}", lin.W, lin.dW))
+            if lin.b is not None:
+                params.append((f"b{i}", lin.b, lin.db))
+        for i, layer in enumerate(self.norms):
+            params += [(f"gamma{i}", layer.gamma, layer.dgamma), (f"beta{i}", layer.beta, layer.dbeta)]
+        return params
+
+
+def softmax_cross_entropy(logits, y):
+    """Mean cross-entropy of softmax(logits) against integer labels y.
+
+    logits: (N, K), y: (N,). Returns (loss, dlogits), dlogits = (softmax - onehot) / N.
+    """
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    n = len(y)
+    loss = -log_probs[np.arange(n), y].mean()
+    dlogits = np.exp(log_probs)
+    dlogits[np.arange(n), y] -= 1
+    return float(loss), dlogits / n
+
+
+def sgd_step(model, lr):
+    """Plain gradient descent on every parameter, in place: p -= lr * dp."""
+    for _, p, g in model.parameters():
+        p -= lr * g
+
+
+def accuracy(model, X, y, batch_size=None):
+    """Fraction of X classified as y, in the model's current mode (train or eval).
+
+    batch_size=None sends X as one batch; a number sends it in batches of that size
+    (in training mode every batch is normalized with its own statistics).
+    """
+    batch_size = batch_size or len(X)
+    correct = sum(int((model.forward(X[i:i + batch_size]).argmax(axis=1) == y[i:i + batch_size]).sum())
+                  for i in range(0, len(X), batch_size))
+    return correct / len(X)
+
+
+def train_model(model, X, y, steps, batch_size=60, lr=0.1, X_test=None, y_test=None,
+                eval_every=100, seed=0, progress=True, on_step=None):
+    """Train with minibatch SGD on softmax cross-entropy; returns the history.
+
+    Batches are drawn at random (seeded). Every eval_every steps, and at the end,
+    test accuracy is measured in eval mode on (X_test, y_test) if given.
+    on_step(step, model) is called after each update, e.g. to record activations.
+    Returns {"step": [...], "loss": [...] (every step), "eval_step": [...], "test_acc": [...]};
+    training stops early, with history["diverged"] = True, if the loss becomes NaN or inf.
+    """
+    from tqdm.auto import tqdm
+    rng = np.random.default_rng(seed)
+    history = {"step": [], "loss": [], "eval_step": [], "test_acc": [], "diverged": False}
+    for step in tqdm(range(1, steps + 1), disable=not progress, leave=False, desc="training"):
+        idx = rng.integers(0, len(X), size=batch_size)
+        model.train()
+        with np.errstate(all="ignore"):
+            loss, dlogits = softmax_cross_entropy(model.forward(X[idx]), y[idx])
+            model.backward(dlogits)
+            sgd_step(model, lr)
+        history["step"].append(step)
+        history["loss"].append(loss)
+        if not np.isfinite(loss) or not all(np.isfinite(p).all() for _, p, _ in model.parameters()):
+            history["diverged"] = True
+            break
+        if on_step is not None:
+            on_step(step, model)
+        if X_test is not None and (step % eval_every == 0 or step == steps):
+            model.eval()
+            history["eval_step"].append(step)
+            history["test_acc"].append(accuracy(model, X_test, y_test))
+    model.train()
+    return history
+
 
 # ---------------------------------------------------------------------------
 # 6. Plots and widgets
@@ -408,3 +595,27 @@ def load_mnist(train=True):
 # One colour for "with BN" and one for "without BN", across the whole course.
 BN_COLOR = "#1b9e77"
 PLAIN_COLOR = "#d95f02"
+
+
+def interactive_figure(nrows=1, ncols=1, figsize=(6, 4), **kwargs):
+    """A figure for a slider to redraw: made without auto-display, ipympl header hidden.
+
+    Show it inside a widget box, e.g. slider_panel([slider], fig, readout).
+    Returns (fig, axes) as plt.subplots does.
+    """
+    import matplotlib.pyplot as plt
+    with plt.ioff():
+        fig, axes = plt.subplots(nrows, ncols, figsize=figsize, **kwargs)
+    if hasattr(fig.canvas, "header_visible"):      # ipympl's canvas
+        fig.canvas.header_visible = False
+        fig.canvas.footer_visible = False
+        fig.canvas.toolbar_visible = False
+        fig.canvas.resizable = False
+    return fig, axes
+
+
+def slider_panel(controls, fig, readout=None):
+    """Controls above the live figure, with an optional readout widget beside them."""
+    import ipywidgets as widgets
+    top = list(controls) + ([readout] if readout is not None else [])
+    return widgets.VBox([widgets.HBox(top, layout=widgets.Layout(flex_flow="row wrap")), fig.canvas])
