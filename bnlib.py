@@ -25,15 +25,6 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = [
-    "batchnorm_forward", "batchnorm_backward", "batchnorm_backward_steps",
-    "batchnorm_inference", "BatchNorm",
-    "rel_error", "numerical_gradient", "compare", "run_check",
-    "load_mnist", "DATA_DIR",
-    "sigmoid", "MLP", "Linear", "softmax_cross_entropy", "sgd_step", "accuracy", "train_model",
-    "BN_COLOR", "PLAIN_COLOR", "interactive_figure", "slider_panel",
-]
-
 
 # ---------------------------------------------------------------------------
 # 1. The math of batch normalization
@@ -615,7 +606,16 @@ def interactive_figure(nrows=1, ncols=1, figsize=(6, 4), **kwargs):
 
 
 def slider_panel(controls, fig, readout=None):
-    """Controls above the live figure, with an optional readout widget beside them."""
+    """Controls above the live figure, with an optional readout widget beside them.
+
+    The readout gets the CSS class "bn-readout" and the panel "bn-slider-panel",
+    so the browser test can find the number a slider changes.
+    """
     import ipywidgets as widgets
-    top = list(controls) + ([readout] if readout is not None else [])
-    return widgets.VBox([widgets.HBox(top, layout=widgets.Layout(flex_flow="row wrap")), fig.canvas])
+    top = list(controls)
+    if readout is not None:
+        readout.add_class("bn-readout")
+        top.append(readout)
+    panel = widgets.VBox([widgets.HBox(top, layout=widgets.Layout(flex_flow="row wrap")), fig.canvas])
+    panel.add_class("bn-slider-panel")
+    return panel
