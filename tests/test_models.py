@@ -21,7 +21,7 @@ def torch_mlp_grads(model, x, y):
     logits = h @ params[f"W{n_hidden}"] + params[f"b{n_hidden}"]
     loss = torch.nn.functional.cross_entropy(logits, torch.tensor(y))
     loss.backward()
-    return float(loss), {name: t.grad.numpy() for name, t in params.items()}
+    return loss.item(), {name: t.grad.numpy() for name, t in params.items()}
 
 
 @pytest.mark.parametrize("activation", ["sigmoid", "relu", "linear"])
