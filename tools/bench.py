@@ -1,0 +1,232 @@
+#!/usr/bin/env python3
+"""Benchmarks of the course: how fast it runs, how smooth its sliders are, how bnlib
+compares with PyTorch on the CPU.
+
+    .venv/bin/python tools/bench.py            # full run, rewrites docs/benchmarks.md
+    .venv/bin/python tools/bench.py --quick    # few repeats, a smoke check (CI); writes nothing
+
+Four tables:
+1. bnlib.batchnorm_forward + batchnorm_backward against torch.nn.functional.batch_norm
+   + autograd, float32, interleaved repeats, median; torch on 1 thread and at its default.
+2. Each notebook executed top to bottom with nbclient (kernel start not counted).
+3. Every slider panel (bnlib.slider_panel) in the course: time of one value change,
+   the callback plus a full redraw of its figure, over the slider's range.
+4. One SGD step of the 784-100-100-100-10 sigmoid MLP with BN, bnlib vs PyTorch.
+Goals (issue "Benchmarks"): ratio <= 1.5 at one thread; notebooks <= 15 s (06, 07 <= 20 s),
+course <= 60 s; slider median <= 20 ms.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import bnlib  # noqa: E402
+
+SHAPES = [(64, 50), (256, 1024), (32, 64, 28, 28)]
+
+
+def median_ms(samples):
+    return 1e3 * statistics.median(samples)
+
+
+def bnlib_step(x, gamma, beta, dout):
+    _, cache = bnlib.batchnorm_forward(x, gamma, beta)
+    return bnlib.batchnorm_backward(dout, cache)
+
+
+def torch_step(xt, gt, bt, doutt):
+    out = torch.nn.functional.batch_norm(xt, None, None, gt, bt, training=True)
+    return torch.autograd.grad(out, (xt, gt, bt), doutt)
+
+
+def bench_batchnorm(repeats):
+    """Rows (shape, bnlib ms, torch 1-thread ms, torch default ms, ratios), interleaved."""
+    rows = []
+    default_threads = torch.get_num_threads()
+    for shape in SHAPES:
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=shape).astype(np.float32)
+        dout = rng.normal(size=shape).astype(np.float32)
+        c = shape[1]
+        gamma, beta = np.ones(c, np.float32), np.zeros(c, np.float32)
+        xt = torch.tensor(x, requires_grad=True)
+        gt, bt = torch.ones(c, requires_grad=True), torch.zeros(c, requires_grad=True)
+        doutt = torch.tensor(dout)
+        times = {"bnlib": [], "torch1": [], "torchN": []}
+        for _ in range(3):  # warm-up
+            bnlib_step(x, gamma, beta, dout)
+            torch_step(xt, gt, bt, doutt)
+        for _ in range(repeats):
+            for name in times:
+                if name != "bnlib":
+                    torch.set_num_threads(1 if name == "torch1" else default_threads)
+                t0 = time.perf_counter()
+                bnlib_step(x, gamma, beta, dout) if name == "bnlib" else torch_step(xt, gt, bt, doutt)
+                times[name].append(time.perf_counter() - t0)
+        torch.set_num_threads(default_threads)
+        b, t1, tn = (median_ms(times[k]) for k in ("bnlib", "torch1", "torchN"))
+        rows.append((str(shape), b, t1, tn, b / t1, b / tn))
+    return rows, default_threads
+
+
+LATENCY_CODE = r"""
+import json as _json, time as _time, statistics as _st
+from ipywidgets.widgets.widget import _instances as _widgets
+def _bench_sliders(values_per_slider):
+    rows = []
+    panels = [w for w in list(_widgets.values()) if "bn-slider-panel" in getattr(w, "_dom_classes", ())]
+    for p, panel in enumerate(panels):
+        controls, canvas = panel.children[0].children, panel.children[1]
+        for s in controls:
+            if not hasattr(s, "min") or not hasattr(s, "max") or not hasattr(s, "step"):
+                continue
+            start = s.value
+            lo, hi = s.min, s.max
+            if hasattr(s, "base"):  # FloatLogSlider: min/max are exponents
+                values = [s.base ** (lo + (hi - lo) * k / (values_per_slider - 1)) for k in range(values_per_slider)]
+            else:
+                values = [lo + (hi - lo) * k / (values_per_slider - 1) for k in range(values_per_slider)]
+                if isinstance(s.value, int):
+                    values = [int(round(v)) for v in values]
+            times = []
+            for v in values:
+                t0 = _time.perf_counter()
+                s.value = v
+                canvas.figure.canvas.draw()   # the full Agg redraw the browser would get
+                times.append(_time.perf_counter() - t0)
+            s.value = start
+            rows.append({"panel": p, "slider": s.description, "median_ms": 1e3 * _st.median(times),
+                         "worst_ms": 1e3 * max(times), "n": len(times)})
+    return rows
+print("BENCH-JSON" + _json.dumps(_bench_sliders(%d)))
+"""
+
+
+def bench_notebooks(values_per_slider):
+    """Execute every notebook; return [(name, seconds)] and slider latency rows."""
+    import nbformat
+    from nbclient import NotebookClient
+    runtimes, sliders = [], []
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        client = NotebookClient(nb, timeout=300, kernel_name="python3",
+                                resources={"metadata": {"path": str(path.parent)}})
+        with client.setup_kernel():
+            t0 = time.perf_counter()
+            for index, cell in enumerate(nb.cells):
+                if cell.cell_type == "code":
+                    client.execute_cell(cell, index)
+            runtimes.append((path.stem, time.perf_counter() - t0))
+            probe = nbformat.v4.new_code_cell(LATENCY_CODE % values_per_slider)
+            nb.cells.append(probe)
+            client.execute_cell(probe, len(nb.cells) - 1)
+        text = "".join(o.get("text", "") for o in probe.outputs if o.get("output_type") == "stream")
+        for line in text.splitlines():
+            if line.startswith("BENCH-JSON"):
+                sliders += [(path.stem, row) for row in json.loads(line[len("BENCH-JSON"):])]
+    return runtimes, sliders
+
+
+def bench_training_step(repeats):
+    """Median ms of one SGD step, 784-100-100-100-10 sigmoid MLP with BN, batch 60, float32."""
+    X, y = bnlib.load_mnist()
+    xb, yb = X[:60], y[:60]
+    model = bnlib.MLP([784, 100, 100, 100, 10], activation="sigmoid", norm="batch", seed=0)
+
+    def ours():
+        _, dlogits = bnlib.softmax_cross_entropy(model.forward(xb), yb)
+        model.backward(dlogits)
+        bnlib.sgd_step(model, 0.1)
+
+    layers = []
+    for fan_in, fan_out in [(784, 100), (100, 100), (100, 100)]:
+        layers += [torch.nn.Linear(fan_in, fan_out, bias=False), torch.nn.BatchNorm1d(fan_out), torch.nn.Sigmoid()]
+    net = torch.nn.Sequential(*layers, torch.nn.Linear(100, 10))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    xt, yt = torch.tensor(xb), torch.tensor(yb)
+
+    def theirs():
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(xt), yt).backward()
+        opt.step()
+
+    default_threads = torch.get_num_threads()
+    times = {"bnlib": [], "torch1": []}
+    for _ in range(5):
+        ours(), theirs()
+    torch.set_num_threads(1)
+    for _ in range(repeats):
+        for name, fn in (("bnlib", ours), ("torch1", theirs)):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    torch.set_num_threads(default_threads)
+    return median_ms(times["bnlib"]), median_ms(times["torch1"])
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}; Python "
+            f"{platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}")
+
+
+def report(bn_rows, torch_threads, runtimes, sliders, step):
+    out = [f"Machine: {machine()}.", ""]
+    out += ["## 1. bnlib vs PyTorch: BN forward + backward, float32, median ms", "",
+            f"| shape | bnlib | torch, 1 thread | torch, {torch_threads} threads | bnlib / torch (1) | bnlib / torch ({torch_threads}) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    out += [f"| {s} | {b:.3f} | {t1:.3f} | {tn:.3f} | {r1:.2f} | {rn:.2f} |" for s, b, t1, tn, r1, rn in bn_rows]
+    out += ["", "Goal: bnlib / torch (1 thread) <= 1.5 on every shape.", ""]
+    if runtimes:
+        out += ["## 2. Course run time: each notebook top to bottom (nbclient, kernel start excluded)", "",
+                "| notebook | seconds | goal |", "| --- | ---: | ---: |"]
+        for name, sec in runtimes:
+            goal = 20 if name[:2] in ("06", "07") else 15
+            out.append(f"| {name} | {sec:.1f} | <= {goal} |")
+        out += [f"| **whole course** | **{sum(s for _, s in runtimes):.1f}** | <= 60 |", ""]
+    if sliders:
+        out += ["## 3. Slider latency: one value change, callback + full figure redraw (ms)", "",
+                "| notebook | slider | median | worst | changes |", "| --- | --- | ---: | ---: | ---: |"]
+        out += [f"| {nb} | {r['slider']} | {r['median_ms']:.1f} | {r['worst_ms']:.1f} | {r['n']} |" for nb, r in sliders]
+        out += ["", "Goal: median <= 20 ms.", ""]
+    ours, theirs = step
+    out += ["## 4. Training step: 784-100-100-100-10 sigmoid MLP with BN, batch 60, float32, SGD", "",
+            "| bnlib (numpy) ms | torch, 1 thread ms | ratio |", "| ---: | ---: | ---: |",
+            f"| {ours:.3f} | {theirs:.3f} | {ours / theirs:.2f} |", ""]
+    return "\n".join(out)
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Benchmarks of the course")
+    parser.add_argument("--quick", action="store_true", help="few repeats, write nothing (a CI smoke check)")
+    parser.add_argument("--skip-notebooks", action="store_true", help="skip tables 2 and 3")
+    args = parser.parse_args()
+    repeats = 5 if args.quick else 101
+    bn_rows, threads = bench_batchnorm(repeats)
+    runtimes, sliders = ([], []) if args.skip_notebooks else bench_notebooks(4 if args.quick else 25)
+    step = bench_training_step(repeats)
+    text = report(bn_rows, threads, runtimes, sliders, step)
+    print(text)
+    if not args.quick:
+        doc = ROOT / "docs" / "benchmarks.md"
+        doc.parent.mkdir(exist_ok=True)
+        doc.write_text("# Benchmarks\n\nMade by `.venv/bin/python tools/bench.py` "
+                       f"on {time.strftime('%Y-%m-%d')}.\n\n{text}")
+        print(f"written to {doc.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
