@@ -30,39 +30,48 @@ import numpy as np
 # 1. The math of batch normalization
 # ---------------------------------------------------------------------------
 
-def _stat_axes(x, caller):
-    """Axes that hold one feature's batch: (0,) for (N, D), (0, 2, 3) for (N, C, H, W)."""
+def _channel_view(x, caller):
+    """x seen as (N, D), or (N, C, H*W) for (N, C, H, W) (a view, no copy).
+
+    Returns (view, axes, param_shape): the axes that hold one feature's or one
+    channel's batch, (0,) or (0, 2), and the shape a per-channel array takes to
+    broadcast against the view, (D,) or (1, C, 1).
+    """
     if x.ndim == 2:
-        return (0,)
+        return x, (0,), (x.shape[1],)
     if x.ndim == 4:
-        return (0, 2, 3)
+        n, c = x.shape[:2]
+        return x.reshape(n, c, -1), (0, 2), (1, c, 1)
     raise ValueError(
         f"{caller}: x must be 2-D (N, D) or 4-D (N, C, H, W), got shape {x.shape} "
         f"({x.ndim}-D). Reshape it, e.g. x.reshape(len(x), -1) for a batch of vectors.")
 
 
 def _as_float_array(x, caller, name="x"):
-    """x as a floating numpy array (ints become float64); reject NaN and inf."""
+    """x as a floating numpy array (ints become float64)."""
     x = np.asarray(x)
     if not np.issubdtype(x.dtype, np.floating):
         if not np.issubdtype(x.dtype, np.number):
             raise ValueError(f"{caller}: {name} must hold numbers, got dtype {x.dtype}.")
         x = x.astype(np.float64)
-    if not np.isfinite(x).all():
-        raise ValueError(f"{caller}: {name} contains NaN or inf; check the layer before "
-                         "(a diverging learning rate is the usual cause).")
     return x
 
 
+def _check_finite(values, caller):
+    if not np.isfinite(values).all():
+        raise ValueError(f"{caller}: x contains NaN or inf; check the layer before "
+                         "(a diverging learning rate is the usual cause).")
+
+
 def _param(p, name, x, caller):
-    """gamma/beta (or a running statistic) as an array of x's dtype, shaped to broadcast."""
+    """gamma, beta or a running statistic as a (C,) array of x's dtype, shape checked."""
     channels = x.shape[1]
     p = np.asarray(p, dtype=x.dtype)
     if p.shape != (channels,):
         raise ValueError(
             f"{caller}: {name} must have shape ({channels},), one value per "
             f"{'feature' if x.ndim == 2 else 'channel'} of x {x.shape}; got {p.shape}.")
-    return p if x.ndim == 2 else p.reshape(1, channels, 1, 1)
+    return p
 
 
 def _check_eps(eps, caller):
@@ -79,28 +88,40 @@ def batchnorm_forward(x, gamma, beta, eps=1e-5):
         mu = mean(x), var = mean((x - mu)^2)  (biased, 1/m), invstd = 1/sqrt(var + eps)
         x_hat = (x - mu) * invstd,  out = gamma * x_hat + beta
     Returns (out, cache): out has x's shape and dtype; cache is what
-    batchnorm_backward and batchnorm_backward_steps need.
+    batchnorm_backward and batchnorm_backward_steps need (for 4-D x its arrays
+    are kept in the (N, C, H*W) view).
     """
     caller = "batchnorm_forward"
     x = _as_float_array(x, caller)
-    axes = _stat_axes(x, caller)
+    xv, axes, pshape = _channel_view(x, caller)
     _check_eps(eps, caller)
-    gamma, beta = _param(gamma, "gamma", x, caller), _param(beta, "beta", x, caller)
+    gamma = _param(gamma, "gamma", x, caller).reshape(pshape)
+    beta = _param(beta, "beta", x, caller).reshape(pshape)
     m = x.size // x.shape[1]
     if m == 1:
         raise ValueError(
             f"{caller}: Expected more than 1 value per channel when training, got input of "
             f"shape {x.shape}. A batch of one example has variance 0: use eval mode "
             "(running statistics, BatchNorm.eval()) or a batch larger than 1.")
-    mu = x.mean(axis=axes, keepdims=True)
-    xc = x - mu                                   # two passes: never E[x^2] - E[x]^2
-    var = np.mean(xc * xc, axis=axes, keepdims=True)
+    mu = xv.mean(axis=axes, keepdims=True)
+    _check_finite(mu, caller)                     # a NaN or inf in x shows in its mean
+    xc = xv - mu                                  # two passes: never E[x^2] - E[x]^2
+    var = np.mean(np.square(xc), axis=axes, keepdims=True)
     invstd = 1.0 / np.sqrt(var + eps)
     x_hat = xc * invstd
-    out = gamma * x_hat + beta
-    cache = {"x_hat": x_hat, "xc": xc, "var": var, "invstd": invstd,
-             "gamma": gamma, "eps": eps, "axes": axes, "mu": mu}
-    return out, cache
+    out = x_hat * gamma
+    out += beta
+    cache = {"x_hat": x_hat, "xc": xc, "var": var, "invstd": invstd, "gamma": gamma,
+             "eps": eps, "axes": axes, "mu": mu, "shape": x.shape}
+    return out.reshape(x.shape), cache
+
+
+def _dout_view(dout, cache, caller):
+    dout = np.asarray(dout, dtype=cache["x_hat"].dtype)
+    if dout.shape != cache["shape"]:
+        raise ValueError(f"{caller}: dout must have the forward output's shape "
+                         f"{cache['shape']}, got {dout.shape}.")
+    return dout.reshape(cache["x_hat"].shape)
 
 
 def batchnorm_backward(dout, cache):
@@ -113,15 +134,16 @@ def batchnorm_backward(dout, cache):
     (sums over the m values of each feature or channel).
     """
     x_hat, invstd, gamma, axes = cache["x_hat"], cache["invstd"], cache["gamma"], cache["axes"]
-    dout = np.asarray(dout, dtype=x_hat.dtype)
-    if dout.shape != x_hat.shape:
-        raise ValueError(f"batchnorm_backward: dout must have the forward output's shape "
-                         f"{x_hat.shape}, got {dout.shape}.")
+    dout = _dout_view(dout, cache, "batchnorm_backward")
     m = x_hat.size // x_hat.shape[1]
     dbeta = dout.sum(axis=axes, keepdims=True)
     dgamma = np.sum(dout * x_hat, axis=axes, keepdims=True)
-    dx = (gamma * invstd / m) * (m * dout - dbeta - x_hat * dgamma)
-    return dx, dgamma.ravel(), dbeta.ravel()
+    # dx = gamma * invstd * (dout - dbeta / m - x_hat * dgamma / m), updated in place
+    dx = x_hat * (dgamma / m)
+    dx += dbeta / m
+    np.subtract(dout, dx, out=dx)
+    dx *= gamma * invstd
+    return dx.reshape(cache["shape"]), dgamma.ravel(), dbeta.ravel()
 
 
 def batchnorm_backward_steps(dout, cache):
@@ -134,7 +156,7 @@ def batchnorm_backward_steps(dout, cache):
     """
     x_hat, xc, var, eps = cache["x_hat"], cache["xc"], cache["var"], cache["eps"]
     gamma, invstd, axes = cache["gamma"], cache["invstd"], cache["axes"]
-    dout = np.asarray(dout, dtype=x_hat.dtype)
+    dout = _dout_view(dout, cache, "batchnorm_backward_steps")
     m = x_hat.size // x_hat.shape[1]
     dbeta = dout.sum(axis=axes, keepdims=True)               # out = ... + beta
     dgamma = np.sum(dout * x_hat, axis=axes, keepdims=True)  # out = gamma * x_hat + ...
@@ -147,7 +169,7 @@ def batchnorm_backward_steps(dout, cache):
     dxc = dxc + dvar * 2.0 * xc / m                           # var = mean(xc^2)
     dmu = -np.sum(dxc, axis=axes, keepdims=True)              # xc = x - mu
     dx = dxc + dmu / m                                        # mu = mean(x)
-    return dx, dgamma.ravel(), dbeta.ravel()
+    return dx.reshape(cache["shape"]), dgamma.ravel(), dbeta.ravel()
 
 
 def batchnorm_inference(x, gamma, beta, mean, var, eps=1e-5):
@@ -158,10 +180,12 @@ def batchnorm_inference(x, gamma, beta, mean, var, eps=1e-5):
     """
     caller = "batchnorm_inference"
     x = _as_float_array(x, caller)
-    _stat_axes(x, caller)
+    _check_finite(x, caller)
+    _, _, pshape = _channel_view(x, caller)
     _check_eps(eps, caller)
-    gamma, beta = _param(gamma, "gamma", x, caller), _param(beta, "beta", x, caller)
-    mean, var = _param(mean, "mean", x, caller), _param(var, "var", x, caller)
+    shape = (1, x.shape[1], 1, 1) if x.ndim == 4 else pshape
+    gamma, beta, mean, var = (_param(p, name, x, caller).reshape(shape) for p, name in
+                              ((gamma, "gamma"), (beta, "beta"), (mean, "mean"), (var, "var")))
     return gamma * (x - mean) / np.sqrt(var + eps) + beta
 
 
