@@ -189,6 +189,127 @@ def batchnorm_inference(x, gamma, beta, mean, var, eps=1e-5):
     return gamma * (x - mean) / np.sqrt(var + eps) + beta
 
 
+def channel_mean_std(x):
+    """The statistics BN sees: one mean and one (biased, 1/m) std per feature or channel.
+
+    x: (N, D) -> mu, std of shape (D,) (over the N rows), or (N, C, H, W) -> (C,)
+    (over N, H and W: m = N * H * W values a channel).
+        mu = mean(x),  std = sqrt(mean((x - mu)^2))
+    """
+    x = _as_float_array(x, "channel_mean_std")
+    xv, axes, _ = _channel_view(x, "channel_mean_std")
+    mu = xv.mean(axis=axes, keepdims=True)
+    std = np.sqrt(np.mean(np.square(xv - mu), axis=axes))
+    return mu.ravel(), std.ravel()
+
+
+def groupnorm_forward(x, gamma, beta, num_groups, eps=1e-5):
+    """Group normalization (Wu & He 2018, arXiv 1803.08494): statistics per example.
+
+    x: (N, D) or (N, C, H, W); gamma, beta: (D,) or (C,). The D features (or C channels)
+    are split into num_groups consecutive groups; for each example and group, over its
+    M = D / G features (or C / G * H * W values):
+        mu = mean(x), var = mean((x - mu)^2), invstd = 1 / sqrt(var + eps)
+        x_hat = (x - mu) * invstd,  out = gamma * x_hat + beta  (gamma, beta per feature)
+    No batch statistic: each example is normalized alone, in training and at inference.
+    Returns (out, cache); out has x's shape.
+    """
+    caller = "groupnorm_forward"
+    x = _as_float_array(x, caller)
+    _channel_view(x, caller)                     # shape check: 2-D or 4-D
+    _check_eps(eps, caller)
+    channels = x.shape[1]
+    if int(num_groups) != num_groups or num_groups < 1 or channels % num_groups:
+        raise ValueError(
+            f"{caller}: num_groups must be a positive integer that divides the {channels} "
+            f"{'features' if x.ndim == 2 else 'channels'} of x {x.shape}; got {num_groups!r}. "
+            f"Divisors of {channels}: {[g for g in range(1, channels + 1) if channels % g == 0]}.")
+    pshape = (1, channels) if x.ndim == 2 else (1, channels, 1, 1)
+    gamma = _param(gamma, "gamma", x, caller).reshape(pshape)
+    beta = _param(beta, "beta", x, caller).reshape(pshape)
+    xg = x.reshape(len(x), int(num_groups), -1)  # (N, G, M)
+    mu = xg.mean(axis=2, keepdims=True)
+    _check_finite(mu, caller)
+    xc = xg - mu
+    var = np.mean(np.square(xc), axis=2, keepdims=True)
+    invstd = 1.0 / np.sqrt(var + eps)
+    x_hat = xc * invstd
+    out = x_hat.reshape(x.shape) * gamma + beta
+    cache = {"x_hat": x_hat, "invstd": invstd, "gamma": gamma, "mu": mu, "var": var,
+             "shape": x.shape}
+    return out, cache
+
+
+def groupnorm_backward(dout, cache):
+    """Gradients of group normalization. dout: out's shape. Returns (dx, dgamma, dbeta).
+
+    With dx_hat = dout * gamma seen as (N, G, M), sums over each example's group:
+        dx = invstd / M * (M * dx_hat - sum(dx_hat) - x_hat * sum(dx_hat * x_hat))
+    and, summed over the batch (and H, W): dgamma = sum(dout * x_hat), dbeta = sum(dout).
+    """
+    x_hat, invstd, gamma, shape = cache["x_hat"], cache["invstd"], cache["gamma"], cache["shape"]
+    dout = np.asarray(dout, dtype=x_hat.dtype)
+    if dout.shape != shape:
+        raise ValueError(f"groupnorm_backward: dout must have the forward output's shape "
+                         f"{shape}, got {dout.shape}.")
+    axes = (0,) if len(shape) == 2 else (0, 2, 3)
+    dbeta = dout.sum(axis=axes)
+    dgamma = np.sum(dout * x_hat.reshape(shape), axis=axes)
+    dx_hat = (dout * gamma).reshape(x_hat.shape)
+    m = x_hat.shape[2]
+    dx = invstd / m * (m * dx_hat - dx_hat.sum(axis=2, keepdims=True)
+                       - x_hat * np.sum(dx_hat * x_hat, axis=2, keepdims=True))
+    return dx.reshape(shape), dgamma, dbeta
+
+
+def layernorm_forward(x, gamma, beta, eps=1e-5):
+    """Layer normalization (Ba et al. 2016, arXiv 1607.06450): group norm with one group.
+
+    x: (N, D) -> statistics over each row's D features (torch.nn.LayerNorm(D));
+    (N, C, H, W) -> over each example's C * H * W values, gamma and beta per channel
+    (Wu & He's LN, torch.nn.GroupNorm(1, C)). gamma, beta: (D,) or (C,).
+        x_hat = (x - mean(x)) / sqrt(var(x) + eps) per example,  out = gamma * x_hat + beta
+    Returns (out, cache) for layernorm_backward.
+    """
+    return groupnorm_forward(x, gamma, beta, 1, eps)
+
+
+def layernorm_backward(dout, cache):
+    """Gradients of layer normalization; returns (dx, dgamma, dbeta) (see groupnorm_backward)."""
+    return groupnorm_backward(dout, cache)
+
+
+def fold_batchnorm(W, b, gamma, beta, mean, var, eps=1e-5):
+    """Fold an eval-mode BN into the Linear or Conv before it: one affine layer instead of two.
+
+    BN(x @ W + b) = x @ W' + b' (Linear, W: (fan_in, fan_out) as bnlib.Linear stores it),
+    and BN(conv(x, W) + b) = conv(x, W') + b' (Conv, W: (C_out, C_in, kh, kw), torch's layout):
+        scale = gamma / sqrt(var + eps)           (one value per output feature or channel)
+        W' = W * scale  (per output),             b' = (b - mean) * scale + beta
+    gamma, beta, mean, var: (fan_out,) or (C_out,); b the same shape, or None for no bias.
+    Returns (W', b').
+    """
+    caller = "fold_batchnorm"
+    W = _as_float_array(W, caller, "W")
+    if W.ndim not in (2, 4):
+        raise ValueError(f"{caller}: W must be 2-D (fan_in, fan_out) for a Linear or 4-D "
+                         f"(C_out, C_in, kh, kw) for a Conv, got shape {W.shape}.")
+    _check_eps(eps, caller)
+    n_out = W.shape[1] if W.ndim == 2 else W.shape[0]
+    params = []
+    for p, name in ((gamma, "gamma"), (beta, "beta"), (mean, "mean"), (var, "var"), (b, "b")):
+        p = np.zeros(n_out, dtype=W.dtype) if p is None else np.asarray(p, dtype=W.dtype)
+        if p.shape != (n_out,):
+            raise ValueError(f"{caller}: {name} must have shape ({n_out},), one value per output "
+                             f"{'feature' if W.ndim == 2 else 'channel'} of W {W.shape}; got {p.shape}. "
+                             "A Linear's W is (fan_in, fan_out): transpose torch's (out, in) weight.")
+        params.append(p)
+    gamma, beta, mean, var, b = params
+    scale = gamma / np.sqrt(var + eps)
+    W_folded = W * scale if W.ndim == 2 else W * scale.reshape(-1, 1, 1, 1)
+    return W_folded, (b - mean) * scale + beta
+
+
 # ---------------------------------------------------------------------------
 # 2. The BatchNorm layer with running statistics
 # ---------------------------------------------------------------------------
@@ -271,6 +392,125 @@ class BatchNorm:
                 f"training={self.training})")
 
 
+class GroupNorm:
+    """A group normalization layer (Wu & He 2018, arXiv 1803.08494), BatchNorm's interface.
+
+    GroupNorm(num_features, num_groups=8, eps=1e-5, momentum=None) for x (N, D) with
+    D = num_features, or (N, C, H, W). Each example is normalized over its own groups of
+    num_features / num_groups features (see groupnorm_forward), so the output does not
+    depend on the batch, and training and eval mode compute the same thing: there are
+    no running statistics, and momentum is accepted (bnlib.MLP passes it) and unused.
+    Wu & He use 32 groups for conv layers of 64-2048 channels; 8 suits our MLP widths.
+    Attributes: gamma, beta (start at 1 and 0), training; after backward, dgamma, dbeta.
+    """
+    name = "GroupNorm"
+
+    def __init__(self, num_features, num_groups=8, eps=1e-5, momentum=None):
+        if int(num_features) != num_features or num_features < 1:
+            raise ValueError(f"{self.name}: num_features must be a positive integer, got {num_features!r}.")
+        if int(num_groups) != num_groups or num_groups < 1 or num_features % num_groups:
+            raise ValueError(
+                f"{self.name}: num_groups={num_groups!r} must be a positive integer that divides "
+                f"num_features={num_features}; divisors: "
+                f"{[g for g in range(1, int(num_features) + 1) if num_features % g == 0]}.")
+        _check_eps(eps, self.name)
+        self.num_features, self.num_groups = int(num_features), int(num_groups)
+        self.eps, self.momentum = eps, momentum
+        self.gamma = np.ones(self.num_features)
+        self.beta = np.zeros(self.num_features)
+        self.training = True
+        self.dgamma = self.dbeta = self._cache = None
+
+    def train(self):
+        """Training mode (the same computation as eval mode: kept for BatchNorm's interface)."""
+        self.training = True
+        return self
+
+    def eval(self):
+        """Eval mode (the same computation as training mode: no running statistics)."""
+        self.training = False
+        return self
+
+    def forward(self, x):
+        """Normalize each example of x, (N, num_features) or (N, num_features, H, W)."""
+        x = np.asarray(x)
+        if x.ndim in (2, 4) and x.shape[1] != self.num_features:
+            raise ValueError(f"{self.name}: this layer has {self.num_features} features, but x of "
+                             f"shape {x.shape} has {x.shape[1]} in axis 1.")
+        out, self._cache = groupnorm_forward(x, self.gamma, self.beta, self.num_groups, self.eps)
+        return out
+
+    __call__ = forward
+
+    def backward(self, dout):
+        """Gradient of the last forward; returns dx, stores dgamma and dbeta."""
+        if self._cache is None:
+            raise ValueError(f"{self.name}.backward: call forward first.")
+        dx, self.dgamma, self.dbeta = groupnorm_backward(dout, self._cache)
+        return dx
+
+    def __repr__(self):
+        return f"{self.name}({self.num_features}, num_groups={self.num_groups}, eps={self.eps})"
+
+
+class LayerNorm(GroupNorm):
+    """A layer normalization layer (Ba et al. 2016, arXiv 1607.06450): GroupNorm with one group.
+
+    LayerNorm(num_features, eps=1e-5, momentum=None): each example is normalized over
+    all its num_features features (see layernorm_forward); momentum is unused.
+    """
+    name = "LayerNorm"
+
+    def __init__(self, num_features, eps=1e-5, momentum=None):
+        super().__init__(num_features, num_groups=1, eps=eps, momentum=momentum)
+
+    def __repr__(self):
+        return f"LayerNorm({self.num_features}, eps={self.eps})"
+
+
+def ewma(values, momentum, start=0.0):
+    """The running average BatchNorm keeps, after each of T steps (PyTorch's convention).
+
+    values: (T,) or (T, D), the batch statistic at steps 1..T; start: the initial running
+    value, a scalar or (D,) (BatchNorm starts running_mean at 0 and running_var at 1).
+        r_0 = start,   r_t = (1 - momentum) * r_{t-1} + momentum * values[t - 1]
+    momentum weights the NEW value (Keras's momentum k is 1 - momentum here). For a
+    constant value mu and start 0: r_k = (1 - (1 - momentum)^k) * mu.
+    Returns r_1..r_T, float64 of values' shape.
+    """
+    values = _as_float_array(values, "ewma", "values").astype(np.float64)
+    if values.ndim not in (1, 2):
+        raise ValueError(f"ewma: values must be (T,) or (T, D), one row a step; got shape {values.shape}.")
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"ewma: momentum must be in [0, 1] (the weight of the NEW value, PyTorch's "
+                         f"convention), got {momentum}. For Keras's momentum k pass 1 - k.")
+    out = np.empty_like(values)
+    r = np.broadcast_to(np.asarray(start, dtype=np.float64), values.shape[1:]).copy()
+    for t, v in enumerate(values):
+        r = (1 - momentum) * r + momentum * v
+        out[t] = r
+    return out
+
+
+def steps_to_reach(track, start, before, after, fraction=0.9):
+    """How many steps after a shift a running average needs to cover `fraction` of it.
+
+    track: (T,) running values (e.g. from ewma); the data shifted at index `start` from
+    level `before` to level `after`. Returns the smallest k >= 0 with
+        (track[start + k] - before) / (after - before) >= fraction,
+    or None if the track never gets there. k counts the step of the shift itself as 0.
+    """
+    track = np.asarray(track, dtype=np.float64)
+    if track.ndim != 1 or not 0 <= start < len(track):
+        raise ValueError(f"steps_to_reach: track must be 1-D and start an index into it; got "
+                         f"shape {track.shape} and start={start}.")
+    if after == before:
+        raise ValueError("steps_to_reach: before and after are equal: there is no shift to cover.")
+    covered = (track[start:] - before) / (after - before)
+    hits = np.flatnonzero(covered >= fraction)
+    return int(hits[0]) if hits.size else None
+
+
 # ---------------------------------------------------------------------------
 # 3. Checking tools
 # ---------------------------------------------------------------------------
@@ -299,11 +539,12 @@ def numerical_gradient(f, x, dout, h=1e-5):
     for i in np.ndindex(x.shape):
         old = x[i]
         x[i] = old + h
-        plus = np.sum(f(x) * dout)
+        plus = np.array(f(x), dtype=np.float64)   # a copy: f may return a view
         x[i] = old - h
-        minus = np.sum(f(x) * dout)
+        minus = np.asarray(f(x), dtype=np.float64)
         x[i] = old
-        grad[i] = (plus - minus) / (2 * h)
+        # subtract before summing: the outputs that barely move then cancel exactly
+        grad[i] = np.sum((plus - minus) * dout) / (2 * h)
     return grad
 
 
@@ -366,6 +607,267 @@ def expect_array(name, got, want, tol=1e-8):
         where = np.unravel_index(np.argmax(err), err.shape)
         raise CheckFailed(f"{name} is off by up to {err.max():.3g} (at index {tuple(map(int, where))}: "
                           f"got {got[where]:.6g}, expected {want[where]:.6g}).")
+
+
+def _conv_like_batch(shape, seed):
+    """float64 test activations whose channels (axis 1) have very different means and scales."""
+    rng = np.random.default_rng(seed)
+    c = shape[1]
+    shift = np.linspace(-4.0, 9.0, c).reshape(1, c, 1, 1)
+    scale = np.linspace(0.5, 3.0, c).reshape(1, c, 1, 1)
+    x = rng.standard_normal(shape) * scale + shift
+    return x, 1.0 + rng.random(c), rng.standard_normal(c), rng.standard_normal(shape)
+
+
+def check_batchnorm_nhwc(batchnorm_nhwc):
+    """Exercise check (notebook 05): batchnorm_nhwc(x, gamma, beta, eps) for TensorFlow's
+    channels-last layout, x (N, H, W, C) -> out (N, H, W, C), statistics per channel
+    over N, H, W. Reference: torch.nn.functional.batch_norm on the (N, C, H, W) view."""
+    import torch
+    import torch.nn.functional as F
+
+    def check():
+        for shape, eps in (((3, 6, 5, 4), 1e-3), ((1, 7, 3, 2), 1e-5)):   # (N, C, H, W)
+            x_nchw, gamma, beta, _ = _conv_like_batch(shape, seed=shape[1])
+            x = np.ascontiguousarray(x_nchw.transpose(0, 2, 3, 1))         # (N, H, W, C)
+            x_before = x.copy()
+            got = batchnorm_nhwc(x, gamma, beta, eps)
+            if not np.array_equal(x, x_before):
+                raise CheckFailed("your function changed its input x in place; work on a copy.")
+            want = F.batch_norm(torch.from_numpy(x_nchw), None, None, torch.from_numpy(gamma),
+                                torch.from_numpy(beta), training=True, eps=eps)
+            want = want.permute(0, 2, 3, 1).numpy()
+            unbiased = (x - x.mean(axis=(0, 1, 2))) / np.sqrt(x.var(axis=(0, 1, 2), ddof=1) + eps)
+            if got is not None and np.shape(got) == want.shape and np.allclose(got, unbiased * gamma + beta):
+                raise CheckFailed("you normalized with the unbiased variance (1/(m-1)); "
+                                  "training-mode BN uses the biased one, 1/m.")
+            expect_array(f"out for x of shape {x.shape} (N, H, W, C), eps={eps}", got, want, tol=1e-8)
+
+    return run_check("batchnorm_nhwc", check)
+
+
+def check_spatial_batchnorm_backward(spatial_batchnorm_backward):
+    """Exercise check (notebook 05): spatial_batchnorm_backward(dout, x, gamma, beta, eps)
+    -> (dx, dgamma, dbeta) for x (N, C, H, W), dx of x's shape, dgamma and dbeta (C,).
+    Reference: PyTorch autograd through torch.nn.functional.batch_norm (training mode)."""
+    import torch
+    import torch.nn.functional as F
+
+    def check():
+        for shape in ((2, 3, 4, 5), (1, 4, 3, 3)):
+            x, gamma, beta, dout = _conv_like_batch(shape, seed=7 + shape[1])
+            xt, gt, bt = (torch.tensor(a, requires_grad=True) for a in (x, gamma, beta))
+            F.batch_norm(xt, None, None, gt, bt, training=True, eps=1e-5).backward(torch.from_numpy(dout))
+            got = spatial_batchnorm_backward(dout, x.copy(), gamma, beta, 1e-5)
+            if not isinstance(got, (tuple, list)) or len(got) != 3:
+                raise CheckFailed("return the three gradients as a tuple: (dx, dgamma, dbeta).")
+            for name, g, ref in zip(("dx", "dgamma", "dbeta"), got, (xt.grad, gt.grad, bt.grad)):
+                expect_array(f"{name} for x of shape {shape}", g, ref.numpy(), tol=1e-8)
+
+    return run_check("spatial_batchnorm_backward", check)
+
+
+def _dense_like_batch(n, d, seed):
+    """float64 (n, d) activations whose columns have very different means and scales,
+    with gamma, beta (d,) and a random upstream gradient dout (n, d)."""
+    x, gamma, beta, dout = _conv_like_batch((n, d, 1, 1), seed)
+    return x[:, :, 0, 0].copy(), gamma, beta, dout[:, :, 0, 0].copy()
+
+
+def check_batchnorm_forward(batchnorm_forward_fn):
+    """Exercise check (notebook 03): batchnorm_forward_fn(x, gamma, beta, eps) -> out,
+    x (N, D) -> out (N, D), training mode (batch mean, biased variance 1/m):
+        out = gamma * (x - mean(x)) / sqrt(var(x) + eps) + beta,  statistics per column.
+    Reference: torch.nn.functional.batch_norm(training=True)."""
+    import torch
+    import torch.nn.functional as F
+
+    def check():
+        for (n, d), eps in (((6, 4), 1e-5), ((2, 3), 1e-3), ((9, 5), 0.5)):
+            x, gamma, beta, _ = _dense_like_batch(n, d, seed=n + d)
+            x_before = x.copy()
+            got = batchnorm_forward_fn(x, gamma, beta, eps)
+            if not np.array_equal(x, x_before):
+                raise CheckFailed("your function changed its input x in place; work on a copy.")
+            want = F.batch_norm(torch.from_numpy(x), None, None, torch.from_numpy(gamma),
+                                torch.from_numpy(beta), training=True, eps=eps).numpy()
+            xc = x - x.mean(axis=0)
+            wrong = {"the unbiased variance (1/(m-1)); training-mode BN uses the biased one, 1/m":
+                     xc / np.sqrt(x.var(axis=0, ddof=1) + eps) * gamma + beta,
+                     "eps outside the square root; it goes inside: sqrt(var + eps)":
+                     xc / (x.std(axis=0) + eps) * gamma + beta,
+                     "no gamma and beta: the last step is out = gamma * x_hat + beta":
+                     xc / np.sqrt(x.var(axis=0) + eps)}
+            if got is not None and np.shape(got) == want.shape:
+                for mistake, value in wrong.items():
+                    if np.allclose(got, value, atol=1e-10) and not np.allclose(value, want):
+                        raise CheckFailed(f"you used {mistake}.")
+            expect_array(f"out for x of shape {x.shape}, eps={eps}", got, want, tol=1e-8)
+
+    return run_check("batchnorm_forward", check)
+
+
+def check_batchnorm_backward(batchnorm_backward_fn):
+    """Exercise check (notebook 03): batchnorm_backward_fn(dout, x, gamma, eps) ->
+    (dx, dgamma, dbeta), x and dout (N, D), dgamma and dbeta (D,), compact form:
+        dx = gamma * invstd / m * (m * dout - sum(dout) - x_hat * sum(dout * x_hat)).
+    Reference: PyTorch autograd through torch.nn.functional.batch_norm (training mode),
+    with a random upstream gradient (an all-ones one would hide the x_hat term)."""
+    import torch
+    import torch.nn.functional as F
+
+    def check():
+        for n, d in ((7, 3), (2, 4), (16, 5)):
+            x, gamma, beta, dout = _dense_like_batch(n, d, seed=10 * n + d)
+            xt, gt, bt = (torch.tensor(a, requires_grad=True) for a in (x, gamma, beta))
+            F.batch_norm(xt, None, None, gt, bt, training=True, eps=1e-5).backward(torch.from_numpy(dout))
+            got = batchnorm_backward_fn(dout.copy(), x.copy(), gamma.copy(), 1e-5)
+            if not isinstance(got, (tuple, list)) or len(got) != 3:
+                raise CheckFailed("return the three gradients as a tuple: (dx, dgamma, dbeta).")
+            dx, dgamma, dbeta = got
+            if dgamma is not None and dbeta is not None and np.shape(dgamma) == (d,) and \
+                    np.allclose(dgamma, bt.grad.numpy()) and np.allclose(dbeta, gt.grad.numpy()):
+                raise CheckFailed("dgamma and dbeta are swapped: return (dx, dgamma, dbeta).")
+            if dx is not None and np.shape(dx) == x.shape:
+                invstd = 1.0 / np.sqrt(x.var(axis=0) + 1e-5)
+                no_var_term = gamma * invstd * (dout - dout.mean(axis=0))
+                if np.allclose(dx, no_var_term, atol=1e-10):
+                    raise CheckFailed("dx misses the term - x_hat * sum(dout * x_hat): the path "
+                                      "through the variance. An all-ones dout would not notice.")
+                if not np.allclose(dx.sum(axis=0), 0, atol=1e-8):
+                    raise CheckFailed("each column of dx should sum to 0 (shifting a column of x "
+                                      "changes no output); yours does not: check the "
+                                      "- sum(dout) term, the path through the mean.")
+            for name, g, ref in zip(("dx", "dgamma", "dbeta"), got, (xt.grad, gt.grad, bt.grad)):
+                expect_array(f"{name} for x of shape {x.shape}", g, ref.numpy(), tol=1e-8)
+
+    return run_check("batchnorm_backward", check)
+
+
+def _fold_case(fan_in, fan_out, seed):
+    """float64 Linear + eval-mode BN parameters whose eps matters (some variances ~1e-3)."""
+    rng = np.random.default_rng(seed)
+    W = rng.standard_normal((fan_in, fan_out))
+    b, beta, mean = (rng.standard_normal(fan_out) for _ in range(3))
+    gamma = 0.5 + rng.random(fan_out)
+    var = np.where(np.arange(fan_out) % 2 == 0, 1e-3, 1.0) * (1 + rng.random(fan_out))
+    return W, b, gamma, beta, mean, var
+
+
+def check_fold_linear_bn(fold_linear_bn):
+    """Exercise check (notebook 07): fold_linear_bn(W, b, gamma, beta, mean, var, eps)
+    -> (W_folded, b_folded) for W (fan_in, fan_out), b and the BN arrays (fan_out,).
+    Reference: torch.nn.utils.fusion.fuse_linear_bn_eval on the same torch layers."""
+    import torch
+    from torch.nn.utils.fusion import fuse_linear_bn_eval
+
+    def check():
+        for fan_in, fan_out, eps in ((5, 3, 1e-3), (2, 6, 1e-5)):
+            W, b, gamma, beta, mean, var = _fold_case(fan_in, fan_out, seed=fan_in * fan_out)
+            linear = torch.nn.Linear(fan_in, fan_out).double().eval()
+            bn = torch.nn.BatchNorm1d(fan_out, eps=eps).double().eval()
+            with torch.no_grad():
+                linear.weight.copy_(torch.from_numpy(W.T))
+                for t, a in ((linear.bias, b), (bn.weight, gamma), (bn.bias, beta),
+                             (bn.running_mean, mean), (bn.running_var, var)):
+                    t.copy_(torch.from_numpy(a))
+            fused = fuse_linear_bn_eval(linear, bn)
+            W_ref, b_ref = fused.weight.detach().numpy().T, fused.bias.detach().numpy()
+            got = fold_linear_bn(W.copy(), b.copy(), gamma, beta, mean, var, eps)
+            if not isinstance(got, (tuple, list)) or len(got) != 2:
+                raise CheckFailed("return two arrays as a tuple: (W_folded, b_folded).")
+            W_got, b_got = got
+            scale0 = gamma / np.sqrt(var)
+            if np.shape(W_got) == W.shape and np.allclose(W_got, W * scale0):
+                raise CheckFailed("W_folded ignores eps: divide by sqrt(var + eps), as BN does.")
+            if np.shape(W_got) == W.shape and np.allclose(W_got, W * gamma / (var + eps)):
+                raise CheckFailed("W_folded divides by var + eps; BN divides by its square root.")
+            expect_array(f"W_folded for W of shape {W.shape}, eps={eps}", W_got, W_ref, tol=1e-10)
+            if np.shape(b_got) == b.shape and np.allclose(b_got, b * gamma / np.sqrt(var + eps) + beta):
+                raise CheckFailed("b_folded forgets the running mean: it is (b - mean) * scale + beta.")
+            expect_array(f"b_folded for fan_out={fan_out}, eps={eps}", b_got, b_ref, tol=1e-10)
+
+    return run_check("fold_linear_bn", check)
+
+
+def check_groupnorm_rows(groupnorm_rows):
+    """Exercise check (notebook 07): groupnorm_rows(x, gamma, beta, num_groups, eps) for
+    x (N, D) -> out (N, D); each row's D features split into num_groups consecutive groups.
+    Reference: torch.nn.functional.group_norm on x seen as (N, D, 1)."""
+    import torch
+    import torch.nn.functional as F
+
+    def check():
+        for n, d, groups, eps in ((4, 12, 3, 1e-5), (1, 10, 5, 1e-3), (6, 8, 1, 1e-5)):
+            rng = np.random.default_rng(d + groups)
+            x = rng.standard_normal((n, d)) * np.linspace(0.5, 4, d) + np.linspace(-3, 6, d)
+            gamma, beta = 1 + rng.random(d), rng.standard_normal(d)
+            x_before = x.copy()
+            got = groupnorm_rows(x, gamma, beta, groups, eps)
+            if not np.array_equal(x, x_before):
+                raise CheckFailed("your function changed its input x in place; work on a copy.")
+            want = F.group_norm(torch.from_numpy(x)[:, :, None], groups, torch.from_numpy(gamma),
+                                torch.from_numpy(beta), eps=eps)[:, :, 0].numpy()
+            if got is not None and np.shape(got) == want.shape and groups > 1:
+                strided = x.reshape(n, d // groups, groups)
+                xs = (strided - strided.mean(axis=1, keepdims=True)) / np.sqrt(strided.var(axis=1, keepdims=True) + eps)
+                if np.allclose(got, xs.reshape(n, d) * gamma + beta):
+                    raise CheckFailed("your groups take every G-th feature; a group is "
+                                      "D / G CONSECUTIVE features: reshape to (N, G, D // G).")
+            if got is not None and n > 1 and np.allclose(got, (x - x.mean(0)) / np.sqrt(x.var(0) + eps) * gamma + beta):
+                raise CheckFailed("you normalized each column over the batch: that is BatchNorm. "
+                                  "GroupNorm takes statistics over each ROW's group of features.")
+            expect_array(f"out for x {x.shape}, num_groups={groups}, eps={eps}", got, want, tol=1e-8)
+
+    return run_check("groupnorm_rows", check)
+
+
+def check_running_stats_update(update_running_stats):
+    """Exercise check (notebook 04): update_running_stats(running_mean, running_var, x, momentum)
+    -> (new_running_mean, new_running_var); x (N, D), running statistics (D,). PyTorch's
+    convention, momentum weighting the NEW batch statistic, the unbiased variance stored:
+        new_mean = (1 - momentum) * running_mean + momentum * mean(x)
+        new_var  = (1 - momentum) * running_var  + momentum * var(x) * N / (N - 1)
+    Reference: torch.nn.BatchNorm1d's running_mean and running_var over several steps."""
+    import torch
+
+    def check():
+        for n, d, momentum in ((3, 4, 0.3), (6, 2, 0.05)):
+            bn = torch.nn.BatchNorm1d(d, momentum=momentum, dtype=torch.float64)
+            rm, rv = np.zeros(d), np.ones(d)
+            for step in range(1, 5):
+                x, _, _, _ = _dense_like_batch(n, d, seed=100 + 10 * n + step)
+                x_before = x.copy()
+                got = update_running_stats(rm.copy(), rv.copy(), x, momentum)
+                if not np.array_equal(x, x_before):
+                    raise CheckFailed("your function changed its input x in place; work on a copy.")
+                if not isinstance(got, (tuple, list)) or len(got) != 2:
+                    raise CheckFailed("return the two new statistics as a tuple: (running_mean, running_var).")
+                bn(torch.from_numpy(x))
+                want_mean, want_var = bn.running_mean.numpy().copy(), bn.running_var.numpy().copy()
+                mu, var = x.mean(axis=0), x.var(axis=0)
+                new_mean, new_var = (np.asarray(g, dtype=np.float64) if g is not None else g for g in got)
+                if new_mean is not None and new_mean.shape == mu.shape and \
+                        np.allclose(new_mean, momentum * rm + (1 - momentum) * mu):
+                    raise CheckFailed("your momentum weights the OLD value (Keras's convention). In "
+                                      "PyTorch, momentum weights the NEW batch statistic: "
+                                      "(1 - momentum) * running + momentum * batch.")
+                mistakes = {"the biased batch variance (1/N); PyTorch stores the unbiased one, "
+                            "var * N / (N - 1), while it normalizes with the biased one":
+                            (1 - momentum) * rv + momentum * var,
+                            "the standard deviation instead of the variance":
+                            (1 - momentum) * rv + momentum * np.sqrt(var * n / (n - 1)),
+                            "momentum weighting the OLD variance (Keras's convention)":
+                            momentum * rv + (1 - momentum) * var * n / (n - 1)}
+                for mistake, value in mistakes.items():
+                    if new_var is not None and new_var.shape == value.shape and np.allclose(new_var, value):
+                        raise CheckFailed(f"running_var: you used {mistake}.")
+                where = f"after step {step} (x of shape {x.shape}, momentum={momentum})"
+                expect_array(f"running_mean {where}", got[0], want_mean, tol=1e-10)
+                expect_array(f"running_var {where}", got[1], want_var, tol=1e-10)
+                rm, rv = want_mean, want_var
+
+    return run_check("update_running_stats", check)
 
 
 # ---------------------------------------------------------------------------
@@ -431,7 +933,7 @@ ACTIVATIONS = {
 
 # Normalization layers an MLP can use: name -> class taking (num_features).
 # Every one has forward, backward, train, eval, gamma, beta, dgamma, dbeta.
-NORM_LAYERS = {"batch": BatchNorm}
+NORM_LAYERS = {"batch": BatchNorm, "layer": LayerNorm, "group": GroupNorm}
 
 
 class Linear:
@@ -601,6 +1103,37 @@ def train_model(model, X, y, steps, batch_size=60, lr=0.1, X_test=None, y_test=N
             history["test_acc"].append(accuracy(model, X_test, y_test))
     model.train()
     return history
+
+
+def precise_bn_statistics(model, X):
+    """Replace each BN layer's running statistics by its population statistics over X.
+
+    "Precise BN" (Wu & Johnson 2021, arXiv 2105.07576): after training, instead of the
+    exponentially weighted averages of past batches (taken while the weights moved),
+    use the statistics of the final model over a large set X, (N, sizes[0]), e.g. the
+    whole training set. Layer by layer, with the layers before it already in eval
+    mode on their new statistics, so each BN sees what it will see at inference:
+        running_mean = mean(z),  running_var = sum((z - mean)^2) / (N - 1)  (PyTorch's unbiased)
+    where z (N, D) is the input of the BN layer. Changes model in place and leaves it in
+    eval mode; returns model. Layers without running statistics (LayerNorm...) are skipped.
+    """
+    X = np.asarray(X)
+    if X.ndim != 2 or len(X) < 2:
+        raise ValueError(f"precise_bn_statistics: X must be (N, features) with N >= 2, got shape "
+                         f"{X.shape}; pass many examples, e.g. the whole training set.")
+    f, _ = ACTIVATIONS[model.activation]
+    model.eval()
+    h = X
+    for i, linear in enumerate(model.linears[:-1]):
+        z = linear.forward(h)
+        if model.norms:
+            layer = model.norms[i]
+            if hasattr(layer, "running_mean"):
+                z64 = z.astype(np.float64)
+                layer.running_mean, layer.running_var = z64.mean(axis=0), z64.var(axis=0, ddof=1)
+            z = layer.forward(z)
+        h = f(z)
+    return model
 
 
 # ---------------------------------------------------------------------------
