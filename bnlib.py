@@ -539,12 +539,11 @@ def numerical_gradient(f, x, dout, h=1e-5):
     for i in np.ndindex(x.shape):
         old = x[i]
         x[i] = old + h
-        plus = np.array(f(x), dtype=np.float64)   # a copy: f may return a view
+        plus = np.sum(f(x) * dout)
         x[i] = old - h
-        minus = np.asarray(f(x), dtype=np.float64)
+        minus = np.sum(f(x) * dout)
         x[i] = old
-        # subtract before summing: the outputs that barely move then cancel exactly
-        grad[i] = np.sum((plus - minus) * dout) / (2 * h)
+        grad[i] = (plus - minus) / (2 * h)
     return grad
 
 
@@ -870,6 +869,44 @@ def check_running_stats_update(update_running_stats):
     return run_check("update_running_stats", check)
 
 
+def check_standardize(standardize):
+    """Exercise check (notebook 01): standardize(X) -> (X_std, mu, sd) for X (N, D):
+    mu and sd (D,) are each column's mean and population standard deviation (1/N),
+    sd = 1 where a column is constant, X_std = (X - mu) / sd as float64; X is left unchanged.
+    Reference: torch.mean and torch.std(correction=0) on a float64 copy."""
+    import torch
+
+    rng = np.random.default_rng(11)
+    pixels = rng.integers(0, 256, size=(40, 3), dtype=np.uint8)            # integer input
+    awkward = np.stack([rng.normal(1e7, 1.0, 40),                          # far from zero
+                        np.full(40, 3.5),                                  # constant
+                        rng.exponential(50.0, 40)], axis=1)
+
+    def check():
+        for name, X in (("uint8 pixels (40, 3)", pixels), ("awkward columns (40, 3)", awkward),
+                        ("one column (40, 1)", awkward[:, 2:])):
+            before = X.copy()
+            got = standardize(X)
+            if not np.array_equal(X, before):
+                raise CheckFailed(f"{name}: your function changed X in place; work on a copy.")
+            if not isinstance(got, tuple) or len(got) != 3:
+                raise CheckFailed("return three things: (X_std, mu, sd).")
+            t = torch.tensor(X, dtype=torch.float64)
+            mu, sd = t.mean(dim=0).numpy(), t.std(dim=0, correction=0).numpy()
+            sd = np.where(sd == 0, 1.0, sd)
+            if np.ndim(got[1]) == 0:
+                raise CheckFailed("mu is one number: take one mean per column (axis=0).")
+            if np.allclose(got[2], np.where(sd == 1, 1, t.std(dim=0).numpy()), rtol=1e-6) and X.shape[1] > 1:
+                raise CheckFailed("sd is the sample std (1/(N-1)); use the population std (1/N), np.std's default.")
+            if np.any(np.isnan(np.asarray(got[0], dtype=np.float64))):
+                raise CheckFailed(f"{name}: X_std has NaN: a constant column has sd = 0; use sd = 1 there.")
+            expect_array(f"mu for {name}", got[1], mu, tol=1e-6)
+            expect_array(f"sd for {name}", got[2], sd, tol=1e-6 * sd.max())
+            expect_array(f"X_std for {name}", got[0], (X - mu) / sd, tol=1e-6)
+
+    return run_check("standardize", check)
+
+
 # ---------------------------------------------------------------------------
 # 4. Data: the MNIST subset shipped in data/
 # ---------------------------------------------------------------------------
@@ -912,6 +949,23 @@ def load_mnist(train=True):
         _MNIST_CACHE[train] = (X, ds.targets.numpy().astype(np.int64))
     X, y = _MNIST_CACHE[train]
     return X.copy(), y.copy()
+
+
+def ink_and_width(X):
+    """Two features of flattened 28x28 digits, on very different scales (notebook 01).
+
+    X: (N, 784) pixel values in [0, 1]. Returns (N, 2) float64 with columns
+        ink   = sum of the 784 pixel values (0..784; a real digit has about 20-300),
+        width = rightmost - leftmost + 1 over the columns holding a pixel > 0.5 (0..28 pixels).
+    """
+    X = np.asarray(X)
+    if X.ndim != 2 or X.shape[1] != 784:
+        raise ValueError(f"ink_and_width: X must be (N, 784) flattened 28x28 digits, got shape {X.shape}.")
+    cols = (X.reshape(-1, 28, 28) > 0.5).any(axis=1)                  # (N, 28): column has ink
+    left = np.argmax(cols, axis=1)
+    right = 27 - np.argmax(cols[:, ::-1], axis=1)
+    width = np.where(cols.any(axis=1), right - left + 1, 0)
+    return np.stack([X.sum(axis=1, dtype=np.float64), width.astype(np.float64)], axis=1)
 
 
 # ---------------------------------------------------------------------------
@@ -1134,6 +1188,98 @@ def precise_bn_statistics(model, X):
             z = layer.forward(z)
         h = f(z)
     return model
+
+
+# Logistic regression on a few features (notebook 01): p = sigmoid(X w + b), y in {0, 1}.
+
+def _logreg_args(w, X, y, caller):
+    w, X, y = (np.asarray(a, dtype=np.float64) for a in (w, X, y))
+    if X.ndim != 2 or y.shape != (X.shape[0],):
+        raise ValueError(f"{caller}: X must be (N, D) and y (N,), got {X.shape} and {y.shape}.")
+    if w.shape[-1:] != (X.shape[1],):
+        raise ValueError(f"{caller}: w must end in D={X.shape[1]} (one weight per feature), got {w.shape}.")
+    if not np.all((y == 0) | (y == 1)):
+        raise ValueError(f"{caller}: y must hold labels 0 and 1 only; map your two classes to 0/1 first.")
+    return w, X, y
+
+
+def logreg_loss(w, X, y, b=0.0):
+    """Mean cross-entropy of logistic regression, L = mean(log(1 + exp(z)) - y z), z = X w + b.
+
+    w: (D,) weights, or a stack (..., D) of weight vectors (e.g. a grid for contours);
+    X: (N, D) features; y: (N,) labels in {0, 1}; b: the bias, a number.
+    Returns a float for w (D,), an array (...) for a stack.
+    """
+    w, X, y = _logreg_args(w, X, y, "logreg_loss")
+    z = w @ X.T + b                                                   # (..., N)
+    return np.mean(np.logaddexp(0.0, z) - y * z, axis=-1)
+
+
+def logreg_grad(w, X, y, b=0.0):
+    """Gradient of logreg_loss with respect to w (D,): X^T (p - y) / N, p = sigmoid(X w + b)."""
+    w, X, y = _logreg_args(w, X, y, "logreg_grad")
+    p = 0.5 * (1.0 + np.tanh(0.5 * (X @ w + b)))                      # sigmoid, no overflow
+    return X.T @ (p - y) / len(y)
+
+
+def logreg_hessian(w, X, y, b=0.0):
+    """Hessian of logreg_loss with respect to w: (D, D) = X^T diag(p (1 - p)) X / N."""
+    w, X, y = _logreg_args(w, X, y, "logreg_hessian")
+    p = 0.5 * (1.0 + np.tanh(0.5 * (X @ w + b)))
+    return (X * (p * (1 - p))[:, None]).T @ X / len(y)
+
+
+def fit_logreg(X, y, steps=50):
+    """The minimum of logreg_loss over weights AND bias, by Newton's method from zero.
+
+    X: (N, D), y: (N,) in {0, 1}. Returns (w (D,), b). Newton's steps do not care how
+    badly the features are scaled, which is why it is a good reference here.
+    """
+    _, X, y = _logreg_args(np.zeros(np.shape(X)[-1]), X, y, "fit_logreg")
+    A = np.hstack([X, np.ones((len(X), 1))])                          # bias as a last feature
+    theta = np.zeros(A.shape[1])
+    for _ in range(steps):
+        g = logreg_grad(theta, A, y)
+        theta -= np.linalg.solve(logreg_hessian(theta, A, y), g)
+        if np.max(np.abs(g)) < 1e-12:
+            break
+    return theta[:-1], float(theta[-1])
+
+
+def gd_path(X, y, w0, lr, steps, b=0.0):
+    """Plain gradient descent on logreg_loss over w, with the bias b held fixed.
+
+    w_{k+1} = w_k - lr * logreg_grad(w_k). X: (N, D), y: (N,), w0: (D,).
+    Returns (path (steps + 1, D) with path[0] = w0, losses (steps + 1,)).
+    """
+    w, X, y = _logreg_args(w0, X, y, "gd_path")
+    if not (lr > 0 and int(steps) == steps >= 0):
+        raise ValueError(f"gd_path: need lr > 0 and a whole number of steps >= 0, got lr={lr}, steps={steps}.")
+    path = np.empty((int(steps) + 1, len(w)))
+    path[0] = w
+    Xt, n = X.T.copy(), len(y)
+    for k in range(int(steps)):
+        p = 0.5 * (1.0 + np.tanh(0.5 * (X @ path[k] + b)))
+        path[k + 1] = path[k] - lr * (Xt @ (p - y)) / n
+    losses = np.concatenate([logreg_loss(path[i:i + 1000], X, y, b) for i in range(0, len(path), 1000)])
+    return path, losses
+
+
+def first_step_below(losses, threshold):
+    """The first step k with losses[k] <= threshold, or None if the run never gets there."""
+    hit = np.flatnonzero(np.asarray(losses) <= threshold)
+    return int(hit[0]) if hit.size else None
+
+
+def largest_stable_lr(X, y, lrs, steps=200, b=0.0):
+    """The largest learning rate in lrs at which gradient descent from w = 0 lowers the
+    loss at every one of `steps` steps (with the bias b held fixed), or None.
+
+    X: (N, D), y: (N,) in {0, 1}, lrs: learning rates to try (any order).
+    """
+    stable = [lr for lr in sorted(lrs)
+              if np.all(np.diff(gd_path(X, y, np.zeros(np.shape(X)[1]), lr, steps, b)[1]) <= 1e-12)]
+    return stable[-1] if stable else None
 
 
 # ---------------------------------------------------------------------------
