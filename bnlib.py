@@ -310,6 +310,38 @@ def fold_batchnorm(W, b, gamma, beta, mean, var, eps=1e-5):
     return W_folded, (b - mean) * scale + beta
 
 
+def x_hat_in_random_batches(x, index, batch_size, n_batches, eps=1e-5, seed=0):
+    """One example's normalized value when its batchmates are drawn at random.
+
+    x: (N,) one feature's values over a dataset; index: the example we follow. Each of
+    n_batches batches holds x[index] and batch_size - 1 batchmates drawn at random from the
+    other N - 1 values (with replacement, as train_model draws its batches). Over each batch
+    of m = batch_size values, with mu and var its mean and biased variance:
+        x_hat = (x[index] - mu) / sqrt(var + eps)
+    Returns (n_batches,) float64: the example's x_hat in each batch. Its spread is the noise
+    BN's batch statistics add to that example. For m = 2, x_hat = +-d / sqrt(d^2 + eps) with
+    d = (x[index] - mate) / 2: +-1 up to eps.
+    """
+    caller = "x_hat_in_random_batches"
+    x = _as_float_array(x, caller).astype(np.float64)
+    if x.ndim != 1 or len(x) < 2:
+        raise ValueError(f"{caller}: x must be 1-D (N,) with N >= 2, one feature over a dataset; "
+                         f"got shape {x.shape}. Pick a column, e.g. z[:, k].")
+    if int(index) != index or not 0 <= index < len(x):
+        raise ValueError(f"{caller}: index must be an integer in [0, {len(x)}), got {index!r}.")
+    if int(batch_size) != batch_size or batch_size < 2 or int(n_batches) != n_batches or n_batches < 1:
+        raise ValueError(f"{caller}: batch_size must be an integer >= 2 (a batch of one has no "
+                         f"spread) and n_batches >= 1; got {batch_size!r} and {n_batches!r}.")
+    _check_eps(eps, caller)
+    rng = np.random.default_rng(seed)
+    others = np.delete(x, int(index))
+    mates = others[rng.integers(0, len(others), size=(int(n_batches), int(batch_size) - 1))]
+    batch = np.concatenate([np.full((int(n_batches), 1), x[int(index)]), mates], axis=1)
+    mu = batch.mean(axis=1)
+    var = np.mean(np.square(batch - mu[:, None]), axis=1)
+    return (x[int(index)] - mu) / np.sqrt(var + eps)
+
+
 # ---------------------------------------------------------------------------
 # 2. The BatchNorm layer with running statistics
 # ---------------------------------------------------------------------------
@@ -511,9 +543,79 @@ def steps_to_reach(track, start, before, after, fraction=0.9):
     return int(hits[0]) if hits.size else None
 
 
+class NoisyBatchNorm(BatchNorm):
+    """BatchNorm followed by noise whose distribution moves every step ("noisy BN").
+
+    After Santurkar et al. (2018, arXiv 1805.11604, Section 2.1): if BN helped by keeping
+    each layer's input distribution still, shaking that distribution on purpose after BN
+    should hurt. Each training-mode forward draws, per feature j, a fresh
+        shift_j ~ Uniform(-noise_shift, noise_shift),
+        gain_j = exp(u_j),  u_j ~ Uniform(-log(noise_gain), log(noise_gain))
+    and returns out = gain * BN(x) + shift, so every step sees a new mean and scale.
+    (Santurkar et al. add i.i.d. per-example noise whose mean and variance change each step;
+    this is the per-feature version of the same idea.) Eval mode is plain BN, no noise.
+
+    NoisyBatchNorm(num_features, eps=1e-5, momentum=0.1, noise_shift=1.0, noise_gain=2.0,
+    seed=0). The last draw is kept in .gain and .shift, (num_features,); .rng makes the
+    noise (give each layer its own seed). Backward: dout * gain, then BN's backward.
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, noise_shift=1.0, noise_gain=2.0, seed=0):
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        if not noise_shift >= 0 or not noise_gain >= 1:
+            raise ValueError(f"NoisyBatchNorm: noise_shift must be >= 0 and noise_gain >= 1 (gains "
+                             f"are drawn in [1/noise_gain, noise_gain]); got {noise_shift} and "
+                             f"{noise_gain}. noise_shift=0, noise_gain=1 is plain BN.")
+        self.noise_shift, self.noise_gain = noise_shift, noise_gain
+        self.rng = np.random.default_rng(seed)
+        self.gain = self.shift = None
+
+    def forward(self, x):
+        """BN(x), then in training mode gain * BN(x) + shift with a fresh (gain, shift)."""
+        out = super().forward(x)
+        if not self.training:
+            return out
+        log_g = np.log(self.noise_gain)
+        self.gain = np.exp(self.rng.uniform(-log_g, log_g, self.num_features)).astype(out.dtype)
+        self.shift = self.rng.uniform(-self.noise_shift, self.noise_shift, self.num_features).astype(out.dtype)
+        pshape = (1, -1) if out.ndim == 2 else (1, -1, 1, 1)
+        return out * self.gain.reshape(pshape) + self.shift.reshape(pshape)
+
+    __call__ = forward
+
+    def backward(self, dout):
+        """Gradient of the last training-mode forward: BN's backward of dout * gain."""
+        if self.gain is None or self._cache is None:
+            raise ValueError("NoisyBatchNorm.backward: call forward in training mode first.")
+        dout = np.asarray(dout)
+        pshape = (1, -1) if dout.ndim == 2 else (1, -1, 1, 1)
+        return super().backward(dout * self.gain.reshape(pshape))
+
+    def __repr__(self):
+        return (f"NoisyBatchNorm({self.num_features}, noise_shift={self.noise_shift}, "
+                f"noise_gain={self.noise_gain}, training={self.training})")
+
+
 # ---------------------------------------------------------------------------
 # 3. Checking tools
 # ---------------------------------------------------------------------------
+
+class Verdict:
+    """The result of a check: true or false in code (`assert`, `if`), and silent as the
+    last line of a notebook cell, where the printed line already says it."""
+
+    def __init__(self, ok):
+        self.ok = bool(ok)
+
+    def __bool__(self):
+        return self.ok
+
+    def __repr__(self):
+        return f"Verdict({self.ok})"
+
+    def _ipython_display_(self):  # IPython shows nothing for it: no stray "True"
+        pass
+
 
 def rel_error(a, b):
     """Largest elementwise relative error: max |a - b| / max(1e-8, |a| + |b|).
@@ -551,19 +653,19 @@ def compare(name, ours, reference, tol=1e-10):
     """Print one line a learner reads at a glance: do two arrays agree within tol?
 
     The line gives a bound (deterministic across machines), not the noisy exact
-    difference. Returns True when max |ours - reference| < tol.
+    difference. Returns a Verdict: true when max |ours - reference| < tol.
     """
     ours = np.asarray(ours, dtype=np.float64)
     reference = np.asarray(reference, dtype=np.float64)
     if ours.shape != reference.shape:
         print(f"{name:<34} DIFFERENT shapes {ours.shape} vs {reference.shape}")
-        return False
+        return Verdict(False)
     diff = float(np.max(np.abs(ours - reference))) if ours.size else 0.0
     if diff < tol:
         print(f"{name:<34} agree   (max |diff| < {tol:.0e})")
-        return True
+        return Verdict(True)
     print(f"{name:<34} DIFFER  (max |diff| = {diff:.3g}, tolerance {tol:.0e})")
-    return False
+    return Verdict(False)
 
 
 class CheckFailed(Exception):
@@ -575,22 +677,22 @@ def run_check(title, check):
 
     check: a function that raises CheckFailed (or AssertionError) with a
     message for the learner. A NotImplementedError from the learner's stub
-    means "not done yet". Returns True on pass.
+    means "not done yet". Prints its verdict and returns it as a Verdict (true on pass).
     """
     try:
         check()
     except NotImplementedError:
         print(f"{title}: not done yet. Replace the `raise NotImplementedError` line "
               "with your code, run the cell, then run this check again.")
-        return False
+        return Verdict(False)
     except (CheckFailed, AssertionError) as exc:
         print(f"{title}: not yet. {exc}")
-        return False
+        return Verdict(False)
     except Exception as exc:  # the learner's code crashed: say where, briefly
         print(f"{title}: your code raised {type(exc).__name__}: {exc}")
-        return False
+        return Verdict(False)
     print(f"{title}: PASS")
-    return True
+    return Verdict(True)
 
 
 def expect_array(name, got, want, tol=1e-8):
@@ -905,6 +1007,80 @@ def check_standardize(standardize):
             expect_array(f"X_std for {name}", got[0], (X - mu) / sd, tol=1e-6)
 
     return run_check("standardize", check)
+
+
+def check_line_fit_r2(line_fit_r2):
+    """Exercise check (notebook 02): line_fit_r2(z, s) -> R^2 (a float) of the least-squares
+    straight line s ~ a * z + b through the points (z_i, s_i), z and s of shape (N,):
+        R^2 = 1 - sum((s - a z - b)^2) / sum((s - mean(s))^2).
+    Reference: numpy.polyfit(z, s, 1) and the residuals of that line."""
+    rng = np.random.default_rng(2)
+    z_odd = np.sort(rng.uniform(-3.0, 7.0, size=13))
+    cases = {"a noisy line": (z_odd, 2.0 - 0.5 * z_odd + rng.normal(0, 0.8, 13)),
+             "a falling curve": (z_odd, np.exp(-0.4 * z_odd)),
+             "points far from 0": (z_odd + 40.0, np.tanh(z_odd / 3) + 5.0),
+             "an exact line": (np.array([1.0, 2.0, 4.0]), np.array([3.0, 1.0, -3.0]))}
+
+    def check():
+        for name, (z, s) in cases.items():
+            z_in, s_in = z.copy(), s.copy()
+            got = line_fit_r2(z_in, s_in)
+            if not (np.array_equal(z_in, z) and np.array_equal(s_in, s)):
+                raise CheckFailed("your function changed z or s in place; work on copies.")
+            if got is None or np.ndim(got) != 0:
+                raise CheckFailed(f"for {name} return one number, got {got!r}.")
+            a, b = np.polyfit(z, s, 1)
+            want = 1.0 - np.sum((s - a * z - b) ** 2) / np.sum((s - s.mean()) ** 2)
+            r = np.corrcoef(z, s)[0, 1]
+            if abs(got - r) < 1e-8 and abs(r - want) > 1e-6:
+                raise CheckFailed(f"for {name} you returned the correlation r = {r:.4f}; "
+                                  "R^2 of a straight-line fit is its square.")
+            if abs(float(got) - want) > 1e-8:
+                raise CheckFailed(f"for {name} (z from {z.min():.3g} to {z.max():.3g}) you got "
+                                  f"{float(got):.6f}, expected {want:.6f}. Does your line have an "
+                                  "intercept, and do you compare with the spread around mean(s)?")
+
+    return run_check("line_fit_r2", check)
+
+
+def check_x_hat_of_example(x_hat_of_example):
+    """Exercise check (notebook 06): x_hat_of_example(value, batchmates, eps) -> float, the
+    normalized value of one example in the training-mode batch [value, *batchmates]:
+        x_hat = (value - mu) / sqrt(var + eps), mu and var (biased, 1/m) over all m values.
+    batchmates: (m - 1,). Reference: torch.nn.functional.batch_norm on the (m, 1) batch."""
+    import torch
+    import torch.nn.functional as F
+
+    def check():
+        rng = np.random.default_rng(6)
+        cases = [(3.0, np.array([1.0]), 1e-5), (-2.5, 40.0 + 7.0 * rng.standard_normal(5), 1e-5),
+                 (0.75, rng.random(63), 0.1), (100.0, 90.0 + rng.standard_normal(3), 1e-3)]
+        for value, mates, eps in cases:
+            batch = np.concatenate([[value], mates])
+            want = F.batch_norm(torch.from_numpy(batch[:, None]), None, None, training=True,
+                                eps=eps)[0, 0].item()
+            got = x_hat_of_example(value, mates.copy(), eps)
+            if got is None:
+                raise CheckFailed("your function returned None: did it forget to `return`?")
+            if np.size(got) != 1:
+                raise CheckFailed(f"return one number (this example's x_hat), got shape {np.shape(got)}.")
+            got = float(np.asarray(got).ravel()[0])
+            m = len(batch)
+            wrong = {"the batchmates' statistics without the example itself; mu and var are over "
+                     "the whole batch, the example included":
+                     (value - mates.mean()) / np.sqrt(mates.var() + eps),
+                     "the unbiased variance (1/(m-1)); training-mode BN uses the biased one, 1/m":
+                     (value - batch.mean()) / np.sqrt(batch.var(ddof=1) + eps),
+                     "eps outside the square root; it goes inside: sqrt(var + eps)":
+                     (value - batch.mean()) / (batch.std() + eps)}
+            for mistake, bad in wrong.items():
+                if abs(got - bad) < 1e-9 and abs(bad - want) > 1e-6:
+                    raise CheckFailed(f"for a batch of {m} you used {mistake}.")
+            if abs(got - want) > 1e-8:
+                raise CheckFailed(f"for value={value} with {m - 1} batchmates (eps={eps}) you got "
+                                  f"{got:.6f}, expected {want:.6f}.")
+
+    return run_check("x_hat_of_example", check)
 
 
 # ---------------------------------------------------------------------------
@@ -1280,6 +1456,112 @@ def largest_stable_lr(X, y, lrs, steps=200, b=0.0):
     stable = [lr for lr in sorted(lrs)
               if np.all(np.diff(gd_path(X, y, np.zeros(np.shape(X)[1]), lr, steps, b)[1]) <= 1e-12)]
     return stable[-1] if stable else None
+
+
+def r2_linear_fit(x, y, x_test=None, y_test=None):
+    """How much of y a straight line (an affine map) of x explains: R^2 of a least-squares fit.
+
+    x: (N,) or (N, K) inputs, y: (N,) or (N, D) targets. Fits y ~ x @ A + b by least
+    squares on (x, y), then scores it on (x_test, y_test) if given (held-out), else on (x, y):
+        R^2 = 1 - sum((y - x @ A - b)^2) / sum((y - mean(y))^2)   (sums over rows and outputs)
+    1 means y is exactly affine in x; 0 means the fit is no better than predicting mean(y).
+    Returns a float.
+    """
+    caller = "r2_linear_fit"
+    x, y = (_as_float_array(a, caller, n).astype(np.float64) for a, n in ((x, "x"), (y, "y")))
+    x_test = x if x_test is None else _as_float_array(x_test, caller, "x_test").astype(np.float64)
+    y_test = y if y_test is None else _as_float_array(y_test, caller, "y_test").astype(np.float64)
+    design = []
+    for a, b, names in ((x, y, "x and y"), (x_test, y_test, "x_test and y_test")):
+        if a.ndim not in (1, 2) or b.ndim not in (1, 2) or len(a) != len(b):
+            raise ValueError(f"{caller}: {names} must be 1-D or 2-D with the same number of rows "
+                             f"(one example a row); got shapes {a.shape} and {b.shape}.")
+        if not (np.isfinite(a).all() and np.isfinite(b).all()):
+            raise ValueError(f"{caller}: {names} contain NaN or inf; remove or fix those rows.")
+        design.append(np.column_stack([a.reshape(len(a), -1), np.ones(len(a))]))
+    if design[0].shape[1] != design[1].shape[1]:
+        raise ValueError(f"{caller}: x has {design[0].shape[1] - 1} columns but x_test has "
+                         f"{design[1].shape[1] - 1}; they must hold the same features.")
+    y2, yt2 = y.reshape(len(y), -1), y_test.reshape(len(y_test), -1)
+    if y2.shape[1] != yt2.shape[1]:
+        raise ValueError(f"{caller}: y has {y2.shape[1]} outputs but y_test has {yt2.shape[1]}.")
+    ss_tot = np.sum(np.square(yt2 - yt2.mean(axis=0)))
+    if ss_tot == 0:
+        raise ValueError(f"{caller}: the scored targets are constant, so R^2 (a share of their "
+                         "variance) is undefined; score on targets that vary.")
+    coef, *_ = np.linalg.lstsq(design[0], y2, rcond=None)
+    return float(1.0 - np.sum(np.square(yt2 - design[1] @ coef)) / ss_tot)
+
+
+def sigmoid_linearity(z):
+    """How straight the sigmoid is over the points z: two numbers.
+
+    z: (N,) points, or (N, D) with one set of points a column (e.g. one neuron's batch).
+        r2  = R^2 of the least-squares line through (z_i, sigmoid(z_i))
+            = corr(z, sigmoid(z))^2          (1 = the points lie on a straight line)
+        gap = max_i |sigmoid(z_i) - (1/2 + z_i / 4)|
+              (largest distance to the tangent at 0; 0 = the sigmoid acts like z/4 + 1/2)
+    Returns (r2, gap): floats for 1-D z, arrays of shape (D,) for 2-D z.
+    """
+    caller = "sigmoid_linearity"
+    z = _as_float_array(z, caller, "z").astype(np.float64)
+    if z.ndim not in (1, 2) or len(z) < 2:
+        raise ValueError(f"{caller}: z must be 1-D (N,) or 2-D (N, D) with N >= 2 points; "
+                         f"got shape {z.shape}.")
+    if not np.isfinite(z).all():
+        raise ValueError(f"{caller}: z contains NaN or inf; check the values you pass.")
+    s = sigmoid(z)
+    zc, sc = z - z.mean(axis=0), s - s.mean(axis=0)
+    ss_z, ss_s = np.sum(zc * zc, axis=0), np.sum(sc * sc, axis=0)
+    if np.any(ss_z == 0) or np.any(ss_s == 0):
+        raise ValueError(f"{caller}: all points of a set are equal (or the sigmoid is flat at 1 "
+                         "or 0 over them), so no line fit is defined; use points that differ "
+                         "(gamma > 0).")
+    r2 = np.sum(zc * sc, axis=0) ** 2 / (ss_z * ss_s)
+    gap = np.max(np.abs(s - (0.5 + z / 4)), axis=0)
+    return (float(r2), float(gap)) if z.ndim == 1 else (r2, gap)
+
+
+# Noisy BN (notebook 06) is a norm layer an MLP can use: MLP(..., norm="noisy_batch").
+NORM_LAYERS["noisy_batch"] = NoisyBatchNorm
+
+
+def loss_along_gradient(model, X, y, step_sizes):
+    """The loss after one gradient step of each size: a slice through the loss landscape.
+
+    Santurkar et al. (2018, arXiv 1805.11604, Section 3.1) measure, at points along
+    training, how much the loss varies as one moves along the gradient; a narrow range
+    means a smooth, predictable landscape. With theta all of model's parameters and
+    g = dL/dtheta on the batch X (N, D), y (N,), in training mode:
+        losses[i] = L(theta - step_sizes[i] * g)   (same batch, training mode)
+    step_sizes: (S,). Returns (S,) float64. The model is left as it was (parameters and
+    running statistics restored; only the stored gradients are overwritten).
+    """
+    step_sizes = np.asarray(step_sizes, dtype=np.float64)
+    if step_sizes.ndim != 1 or not np.isfinite(step_sizes).all():
+        raise ValueError(f"loss_along_gradient: step_sizes must be a 1-D array of finite numbers, "
+                         f"got shape {step_sizes.shape}; e.g. lr * np.array([0.5, 1, 2, 4]).")
+    params = [p.copy() for _, p, _ in model.parameters()]
+    stats = [(layer.running_mean.copy(), layer.running_var.copy()) for layer in model.norms
+             if hasattr(layer, "running_mean")]
+    was_training = all(layer.training for layer in model.norms)
+    model.train()
+    _, dlogits = softmax_cross_entropy(model.forward(X), y)
+    model.backward(dlogits)
+    grads = [g.copy() for _, _, g in model.parameters()]
+    losses = np.empty(len(step_sizes))
+    with np.errstate(all="ignore"):
+        for i, eta in enumerate(step_sizes):
+            for (_, p, _), p0, g in zip(model.parameters(), params, grads):
+                p[...] = p0 - eta * g
+            losses[i] = softmax_cross_entropy(model.forward(X), y)[0]
+    for (_, p, _), p0 in zip(model.parameters(), params):
+        p[...] = p0
+    for layer, (mean, var) in zip([l for l in model.norms if hasattr(l, "running_mean")], stats):
+        layer.running_mean, layer.running_var = mean, var
+    if not was_training:
+        model.eval()
+    return losses
 
 
 # ---------------------------------------------------------------------------

@@ -306,8 +306,21 @@ def test_backward_before_forward_is_refused():
 def test_run_check_reports_a_stub_as_not_done(capsys):
     def stub():
         raise NotImplementedError
-    assert bnlib.run_check("Exercise", stub) is False
+    assert not bnlib.run_check("Exercise", stub)
     assert "not done yet" in capsys.readouterr().out
+
+
+def test_verdicts_are_booleans_that_display_nothing(capsys):
+    assert bnlib.compare("same", [1.0], [1.0]) and not bnlib.compare("far", [1.0], [2.0])
+    assert bnlib.run_check("Exercise", lambda: None)
+    assert bnlib.Verdict(True)._ipython_display_() is None
+
+
+def test_run_check_reports_a_crash_in_one_line(capsys):
+    def crashes():
+        return [1][2]
+    bnlib.run_check("Exercise", crashes)
+    assert capsys.readouterr().out.strip() == "Exercise: your code raised IndexError: list index out of range"
 
 
 def test_expect_array_says_where_an_answer_is_wrong():
