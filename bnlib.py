@@ -24,6 +24,12 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
+
+# One BLAS thread for numpy's matrix products: a multithreaded product sums in another
+# order, so the same notebook would print slightly different numbers on machines with
+# other core counts; and for the course's small matrices one thread is also faster.
+threadpool_limits(limits=1, user_api="blas")
 
 
 # ---------------------------------------------------------------------------
