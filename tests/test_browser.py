@@ -1,0 +1,553 @@
+"""Real-browser test: each notebook runs top to bottom in JupyterLab; its sliders move its plots.
+
+For each notebook in notebooks/ this test
+  1. opens it in a real JupyterLab (Debian's Chromium, driven by Playwright),
+  2. clicks "Restart the kernel and run all cells" and accepts the dialog,
+  3. waits until every code cell has an execution count and the kernel is idle,
+  4. fails if a cell shows an error (cells tagged raises-exception may),
+  5. saves a screenshot of the whole notebook to artifacts/browser/<notebook>.png,
+  6. in every slider panel (bnlib.slider_panel), drags the first slider with the mouse and
+     checks that the slider's readout, the figure and the panel's "bn-readout" all change.
+
+JupyterLab serves a temporary copy of notebooks/ (outputs stripped, so nothing stale can pass;
+autosave never touches the repository) with a random token, and is always stopped at the end.
+Timings are printed and written to artifacts/browser/timings.json; nothing asserts on them.
+"""
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+ARTIFACTS = ROOT / "artifacts" / "browser"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+INSTALL_HINT = "apt-get update && apt-get install -y chromium"
+# Notebooks that must exist and must show at least one slider panel (by their number).
+PANEL_NOTEBOOKS = ["01", "02", "04", "05"]
+
+SERVER_START_TIMEOUT = 120      # s: first start compiles nothing, but a busy 2-core machine is slow
+RUN_ALL_TIMEOUT = 240           # s: a notebook runs in <= 20 s headless; the browser adds to it
+RENDER_TIMEOUT = 60             # s: widget views and the first ipympl frame after the run
+CHANGE_TIMEOUT = 20             # s: readouts and the redrawn figure after a drag
+VIEWPORT = {"width": 1400, "height": 900}
+MAX_SCREENSHOT_HEIGHT = 30000   # px: Chromium cannot render taller pages in one screenshot
+
+
+def _notebook_params():
+    """Every notebook in notebooks/, plus a "missing" entry for each required one not there."""
+    names = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
+    params = [pytest.param(n, id=n) for n in names]
+    for number in PANEL_NOTEBOOKS:
+        if not any(n.startswith(number + "_") for n in names):
+            params.append(pytest.param(f"{number}_missing", id=f"{number}_missing"))
+    return params
+
+
+def _panel_required(name):
+    return name[:2] in PANEL_NOTEBOOKS
+
+
+# ---------------------------------------------------------------------------
+# JupyterLab server
+# ---------------------------------------------------------------------------
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _api(server, method, path):
+    req = urllib.request.Request(server["url"] + path, method=method,
+                                 headers={"Authorization": f"token {server['token']}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        body = r.read()
+    return json.loads(body) if body else None
+
+
+def _copy_course(tmp):
+    """notebooks/ (outputs stripped) and images/ side by side, so ../images/... still works."""
+    course = tmp / "course"
+    shutil.copytree(NOTEBOOKS, course / "notebooks",
+                    ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+    for path in (course / "notebooks").glob("*.ipynb"):
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                cell.outputs, cell.execution_count = [], None
+        nb.metadata.pop("widgets", None)
+        nbformat.write(nb, path)
+    if (ROOT / "images").is_dir():
+        shutil.copytree(ROOT / "images", course / "images")
+    return course / "notebooks"
+
+
+def _write_lab_settings(settings_dir):
+    """Every cell rendered (no windowing, no blank space after the last), no news (offline)."""
+    files = {
+        "@jupyterlab/notebook-extension/tracker.jupyterlab-settings":
+            {"windowingMode": "none", "scrollPastEnd": False},
+        "@jupyterlab/apputils-extension/notification.jupyterlab-settings":
+            {"fetchNews": "false", "checkForUpdates": False},
+    }
+    for rel, value in files.items():
+        (settings_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (settings_dir / rel).write_text(json.dumps(value))
+
+
+def _stop(proc):
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=20)
+
+
+def _start_server(tmp, root_dir, attempt):
+    token = secrets.token_hex(24)
+    port = _free_port()
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser",
+           "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
+           f"--ServerApp.root_dir={root_dir}",
+           f"--LabApp.user_settings_dir={tmp / 'user-settings'}",
+           f"--LabApp.workspaces_dir={tmp / 'workspaces'}",
+           # window.jupyterapp, as JupyterLab's UI tests (Galata) use it: to read outputs' types
+           "--LabApp.expose_app_in_browser=True"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")
+    env = dict(os.environ, JUPYTER_TOKEN=token,
+               JUPYTER_CONFIG_DIR=str(tmp / "config"), JUPYTER_RUNTIME_DIR=str(tmp / "runtime"),
+               IPYTHONDIR=str(tmp / "ipython"), PYDEVD_DISABLE_FILE_VALIDATION="1")
+    log = tmp / f"server-{attempt}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                stdin=subprocess.DEVNULL)
+    return proc, {"url": f"http://127.0.0.1:{port}", "token": token, "log": log,
+                  "root_dir": root_dir}
+
+
+@pytest.fixture(scope="session")
+def lab_server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("browser-lab")
+    root_dir = _copy_course(tmp)
+    _write_lab_settings(tmp / "user-settings")
+    t0 = time.monotonic()
+    for attempt in range(3):                   # a port taken between _free_port and bind: retry
+        proc, server = _start_server(tmp, root_dir, attempt)
+        try:
+            deadline = time.monotonic() + SERVER_START_TIMEOUT
+            while proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    _api(server, "GET", "/api/status")
+                    break
+                except (urllib.error.URLError, ConnectionError, OSError):
+                    time.sleep(0.25)
+            else:
+                if proc.poll() is None:
+                    tail = server["log"].read_text(errors="replace")[-3000:]
+                    pytest.fail(f"JupyterLab did not answer /api/status within "
+                                f"{SERVER_START_TIMEOUT} s. Log:\n{tail}")
+                continue                        # exited early: try another port
+        except BaseException:
+            _stop(proc)
+            raise
+        break
+    else:
+        tail = server["log"].read_text(errors="replace")[-3000:]
+        pytest.fail(f"JupyterLab exited at start three times. Last log:\n{tail}")
+    print(f"\n[browser] JupyterLab up in {time.monotonic() - t0:.1f} s at {server['url']}")
+    try:
+        yield server
+    finally:
+        try:                                    # shut kernels down cleanly before the server
+            for kernel in _api(server, "GET", "/api/kernels"):
+                _api(server, "DELETE", f"/api/kernels/{kernel['id']}")
+        except Exception:
+            pass
+        _stop(proc)
+
+
+# ---------------------------------------------------------------------------
+# Browser
+# ---------------------------------------------------------------------------
+
+def test_chromium_is_installed():
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing; install it with: {INSTALL_HINT}"
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing; install it with: {INSTALL_HINT}")
+    from playwright.sync_api import sync_playwright
+    pw = sync_playwright().start()
+    try:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                     args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+    finally:
+        pw.stop()
+
+
+@pytest.fixture(scope="session")
+def timings():
+    record = {}
+    yield record
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "timings.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+
+# ---------------------------------------------------------------------------
+# Page helpers (JavaScript run in the page)
+# ---------------------------------------------------------------------------
+
+# The state of notebook `path`: kernel status, and per cell its prompt and the errors it shows.
+# An error is an output of type "error" in the cell's model that the page renders as
+# application/vnd.jupyter.stderr (the traceback), or any rendered stderr text holding a
+# Python traceback (e.g. a widget callback that failed after the cell had run).
+STATE_JS = """(path) => {
+  const panel = Array.from(window.jupyterapp.shell.widgets('main'))
+      .find(w => w.context && w.context.path === path);
+  if (!panel) return null;
+  const nb = panel.content;
+  const indicator = panel.node.querySelector('.jp-Notebook-ExecutionIndicator');
+  const cells = nb.widgets.map((cell, i) => {
+    const node = cell.node;
+    const info = {index: i, type: cell.model.type, prompt: '', errors: [], stderr: [],
+                  widgetErrors: 0, inDom: node.isConnected};
+    if (cell.model.type !== 'code') return info;
+    const prompt = node.querySelector('.jp-InputPrompt');
+    info.prompt = prompt ? prompt.textContent.trim() : '';
+    for (const o of cell.model.outputs.toJSON()) {
+      if (o.output_type === 'error') info.errors.push(o.ename + ': ' + o.evalue);
+    }
+    for (const el of node.querySelectorAll(
+        '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')) {
+      info.stderr.push(el.innerText);
+    }
+    for (const el of node.querySelectorAll('.jp-OutputArea-output')) {
+      if (el.innerText.startsWith('Error displaying widget')) info.widgetErrors += 1;
+    }
+    return info;
+  });
+  return {status: indicator ? indicator.getAttribute('data-status') : null, cells: cells};
+}"""
+
+# Wait helper: null until the run is over (kernel idle, every code cell numbered) or a cell
+# not allowed to fail shows an error; then the state.
+RUN_DONE_JS = """([path, allowed]) => {
+  const state = (%s)(path);
+  if (!state) return null;
+  const bad = state.cells.some(c => !allowed.includes(c.index) &&
+      (c.errors.length || c.stderr.some(t => t.includes('Traceback (most recent call last)'))));
+  const numbered = state.cells.every(c => c.type !== 'code' || /^\\[\\d+\\]:$/.test(c.prompt));
+  return (bad || (state.status === 'idle' && numbered)) ? state : null;
+}""" % STATE_JS
+
+# True once the figure inside a slider panel has drawn something (a non-blank pixel).
+CANVAS_DRAWN_JS = """(div) => {
+  const canvas = div.querySelector('canvas');
+  if (!canvas || !canvas.width || !canvas.height) return false;
+  const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+  for (let i = 0; i < data.length; i += 4) {
+    if (data[i + 3] && (data[i] < 250 || data[i + 1] < 250 || data[i + 2] < 250)) return true;
+  }
+  return false;
+}"""
+
+
+def _cell_errors(state, allowed, cell_sources):
+    """Messages for each cell (not tagged raises-exception) that shows an error."""
+    problems = []
+    for c in state["cells"]:
+        tracebacks = [t for t in c["stderr"] if "Traceback (most recent call last)" in t]
+        if c["index"] in allowed or not (c["errors"] or tracebacks or c["widgetErrors"]):
+            continue
+        shown = "\n".join(t.strip()[-800:] for t in c["stderr"]) or "(no traceback rendered)"
+        head = cell_sources[c["index"]].strip().splitlines()[:2]
+        problems.append(f"cell {c['index']} {c['prompt']} starting {head!r}: "
+                        f"{'; '.join(c['errors']) or 'error in stderr'}"
+                        f"{'; widget failed to display' if c['widgetErrors'] else ''}\n{shown}")
+    return problems
+
+
+def _log_console_errors(page):
+    """Error entries of JupyterLab's log console, where the tracebacks of widget callbacks go
+    (a callback runs for a comm message, not for a cell, so no cell shows its error)."""
+    item = page.locator(".jp-LogConsoleStatusItem:not(.lm-mod-hidden)")
+    if item.count() == 0:                      # hidden while nothing was logged
+        return []
+    item.first.click()
+    entries = page.locator(".jp-LogConsolePanel .jp-OutputArea-child")
+    _poll(lambda: entries.count() > 0, 10)
+    return page.evaluate("""() => Array.from(document.querySelectorAll(
+        '.jp-LogConsolePanel .jp-OutputArea-child')).filter(
+        c => c.querySelector('[data-log-level="error"], [data-log-level="critical"]')).map(
+        c => c.innerText)""")
+
+
+def _poll(fn, timeout, interval=0.2):
+    """fn() until truthy or timeout; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def _full_page_screenshot(page, path):
+    """Grow the viewport until the notebook needs no scrolling, then screenshot the page."""
+    outer = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-WindowedPanel-outer").first
+    need = outer.evaluate("""(el) => {
+        const r = el.getBoundingClientRect();
+        return Math.ceil(el.scrollHeight + r.top + (window.innerHeight - r.bottom)) + 20; }""")
+    height = min(max(need, VIEWPORT["height"]), MAX_SCREENSHOT_HEIGHT)
+    page.set_viewport_size({"width": VIEWPORT["width"], "height": height})
+    try:
+        outer.page.wait_for_function(
+            "(el) => el.scrollHeight <= el.clientHeight + 2 || window.innerHeight >= %d"
+            % MAX_SCREENSHOT_HEIGHT, arg=outer.element_handle(), timeout=10_000)
+        outer.evaluate("(el) => { el.scrollTop = 0; }")
+        page.screenshot(path=str(path), full_page=True)
+    finally:
+        page.set_viewport_size(VIEWPORT)
+    return height
+
+
+def _drag_first_slider(page, name, k, panel, timing):
+    """Drag panel k's first slider with the mouse; assert readout, figure and bn-readout change."""
+    from playwright.sync_api import expect
+
+    where = f"{name}: slider panel {k}"
+    slider = panel.locator(".widget-slider").first
+    label = slider.locator(".widget-label").inner_text().strip() or "(no description)"
+    where += f" (slider {label!r})"
+    readout = slider.locator(".widget-readout")
+    bn_readout = panel.locator(".bn-readout")
+    has_bn_readout = bn_readout.count() > 0
+    canvas = panel.locator(".jupyter-matplotlib-canvas-div").first
+    assert canvas.count(), f"{where}: no ipympl figure canvas in the panel"
+
+    canvas.scroll_into_view_if_needed()
+    drawn = _poll(lambda: canvas.evaluate(CANVAS_DRAWN_JS), RENDER_TIMEOUT)
+    assert drawn, f"{where}: the figure stayed blank for {RENDER_TIMEOUT} s"
+    # The first frames may arrive in pieces: take "before" once two screenshots agree.
+    before = canvas.screenshot()
+    for _ in range(20):
+        again = canvas.screenshot()
+        if again == before:
+            break
+        before = again
+    (ARTIFACTS / f"{name}.panel{k}.before.png").write_bytes(before)
+    readout_before = readout.inner_text().strip()
+    bn_before = bn_readout.first.inner_text().strip() if has_bn_readout else None
+
+    handle = slider.locator(".noUi-handle").first
+    track = slider.locator(".noUi-target").first
+    handle.scroll_into_view_if_needed()
+    hb, tb = handle.bounding_box(), track.bounding_box()
+    assert hb and tb, f"{where}: the slider handle is not visible"
+    x0, y0 = hb["x"] + hb["width"] / 2, hb["y"] + hb["height"] / 2
+    vertical = "noUi-vertical" in (track.get_attribute("class") or "")
+    if vertical:   # noUiSlider's vertical sliders put the maximum at the top
+        frac = (y0 - tb["y"]) / tb["height"]
+        x1, y1 = x0, tb["y"] + tb["height"] * (0.95 if frac < 0.5 else 0.05)
+    else:          # to the far end away from the handle: at least 45% of the track
+        frac = (x0 - tb["x"]) / tb["width"]
+        x1, y1 = tb["x"] + tb["width"] * (0.95 if frac < 0.5 else 0.05), y0
+    t0 = time.monotonic()
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    page.mouse.move(x1, y1, steps=15)
+    page.mouse.up()
+
+    expect(readout, f"{where}: the slider's readout did not change from {readout_before!r} "
+                    f"after dragging the handle from x={x0:.0f} to x={x1:.0f}").not_to_have_text(
+        readout_before, timeout=CHANGE_TIMEOUT * 1000)
+    readout_after = readout.inner_text().strip()
+    after = _poll(lambda: (lambda shot: shot if shot != before else None)(canvas.screenshot()),
+                  CHANGE_TIMEOUT)
+    timing[f"panel{k}_redraw_s"] = round(time.monotonic() - t0, 2)
+    assert after, (f"{where}: the figure did not change within {CHANGE_TIMEOUT} s after the "
+                   f"slider went from {readout_before} to {readout_after}")
+    for _ in range(20):                 # keep the final frame, not one on the way there
+        again = canvas.screenshot()
+        if again == after:
+            break
+        after = again
+    (ARTIFACTS / f"{name}.panel{k}.after.png").write_bytes(after)
+    result = {"slider": label, "readout": [readout_before, readout_after]}
+    if has_bn_readout:
+        expect(bn_readout.first, f"{where}: the panel's bn-readout stayed {bn_before!r} while the "
+                                 f"slider went from {readout_before} to {readout_after}"
+               ).not_to_have_text(bn_before, timeout=CHANGE_TIMEOUT * 1000)
+        result["bn_readout"] = [bn_before, bn_readout.first.inner_text().strip()]
+    panel.screenshot(path=str(ARTIFACTS / f"{name}.panel{k}.png"))    # the whole panel, after
+    return result
+
+
+# ---------------------------------------------------------------------------
+# The test
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", _notebook_params())
+def test_notebook_runs_in_jupyterlab_and_its_sliders_move_the_plots(
+        name, lab_server, chromium, timings, record_property):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    path = NOTEBOOKS / f"{name}.ipynb"
+    if not path.exists():
+        pytest.fail(f"no notebooks/{name[:2]}_*.ipynb: notebooks {', '.join(PANEL_NOTEBOOKS)} "
+                    f"must exist and show a slider panel")
+    nb = nbformat.read(path, as_version=4)
+    allowed = [i for i, c in enumerate(nb.cells)
+               if "raises-exception" in c.metadata.get("tags", [])]
+    sources = [c.source for c in nb.cells]
+    n_code = sum(c.cell_type == "code" for c in nb.cells)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for stale in ARTIFACTS.glob(f"{name}.*png"):
+        stale.unlink()
+    timing = {}
+    timings[name] = timing
+    t_start = time.monotonic()
+
+    context = chromium.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page_errors = []
+    page.on("pageerror", lambda e: page_errors.append(str(e)))
+    try:
+        # 1. Open the notebook, in a workspace of its own so no other notebook is restored.
+        page.goto(f"{lab_server['url']}/lab/workspaces/{name}/tree/{name}.ipynb"
+                  f"?reset&token={lab_server['token']}")
+        page.wait_for_function(
+            "(p) => window.jupyterapp && Array.from(window.jupyterapp.shell.widgets('main'))"
+            ".some(w => w.context && w.context.path === p && w.context.isReady)",
+            arg=path.name, timeout=90_000)
+        panel_sel = ".jp-NotebookPanel:not(.lm-mod-hidden)"
+        page.wait_for_selector(f'{panel_sel} .jp-Notebook-ExecutionIndicator[data-status="idle"]',
+                               timeout=90_000)
+        timing["open_s"] = round(time.monotonic() - t_start, 2)
+        side_tab = page.locator(".jp-SideBar.jp-mod-left .lm-TabBar-tab.lm-mod-current")
+        if side_tab.count():                   # fold the file browser away: a wider notebook
+            side_tab.first.click()
+
+        # 2. Restart the kernel and run all cells, with the toolbar button and the dialog.
+        t0 = time.monotonic()
+        page.locator(f'{panel_sel} .jp-NotebookPanel-toolbar '
+                     f'[data-command="notebook:restart-run-all"]').click()
+        page.locator(".jp-Dialog .jp-Dialog-button.jp-mod-accept").click()
+
+        # 3. Wait for the end of the run (or the first error that stops it).
+        try:
+            state = page.wait_for_function(RUN_DONE_JS, arg=[path.name, allowed], polling=250,
+                                           timeout=RUN_ALL_TIMEOUT * 1000).json_value()
+        except PlaywrightTimeout:
+            state = page.evaluate(STATE_JS, path.name)
+            waiting = [f"cell {c['index']} {c['prompt']}" for c in (state or {}).get("cells", [])
+                       if c["type"] == "code" and not c["prompt"][1:-2].isdigit()]
+            page.screenshot(path=str(ARTIFACTS / f"{name}.timeout.png"))
+            pytest.fail(f"{name}: the run did not finish within {RUN_ALL_TIMEOUT} s; kernel "
+                        f"{(state or {}).get('status')}, cells without an execution count: "
+                        f"{waiting[:10]}; page errors: {page_errors[:3]}")
+        timing["run_all_s"] = round(time.monotonic() - t0, 2)
+        assert len(state["cells"]) == len(nb.cells), (
+            f"{name}: JupyterLab shows {len(state['cells'])} cells, the file has {len(nb.cells)}")
+        assert all(c["inDom"] for c in state["cells"]), (
+            f"{name}: some cells are not rendered (windowing mode is not 'none')")
+
+        # 4. No cell shows an error, except the ones tagged raises-exception.
+        problems = _cell_errors(state, allowed, sources)
+        assert not problems, f"{name}: cells show errors:\n" + "\n\n".join(problems)
+        counts = [int(c["prompt"][1:-2]) for c in state["cells"] if c["type"] == "code"]
+        assert len(counts) == n_code and all(a < b for a, b in zip(counts, counts[1:])), (
+            f"{name}: execution counts {counts} are not one run top to bottom")
+
+        # 5. Every slider panel (and every widget) rendered; then the whole notebook's picture.
+        t0 = time.monotonic()
+        panels = page.locator(f"{panel_sel} .bn-slider-panel")
+        expected = sum("slider_panel(" in c.source for c in nb.cells if c.cell_type == "code")
+        if _panel_required(name):
+            expected = max(expected, 1)
+        ok = _poll(lambda: panels.count() >= expected and
+                   panels.locator(".jupyter-matplotlib-canvas-div canvas").count() >= expected,
+                   RENDER_TIMEOUT)
+        assert ok, (f"{name}: {panels.count()} slider panels (with an ipympl figure) rendered "
+                    f"within {RENDER_TIMEOUT} s, expected {expected}"
+                    + (" (this notebook must show a bnlib.slider_panel)"
+                       if _panel_required(name) else ""))
+        for i in range(panels.count()):         # let every figure draw before the picture
+            div = panels.nth(i).locator(".jupyter-matplotlib-canvas-div").first
+            div.scroll_into_view_if_needed()
+            _poll(lambda: div.evaluate(CANVAS_DRAWN_JS), RENDER_TIMEOUT)
+        timing["render_s"] = round(time.monotonic() - t0, 2)
+        t0 = time.monotonic()
+        height = _full_page_screenshot(page, ARTIFACTS / f"{name}.png")
+        timing["screenshot_s"] = round(time.monotonic() - t0, 2)
+        timing["screenshot_height_px"] = height
+
+        # 6. Drag each panel's first slider.
+        dragged = []
+        try:
+            for k in range(panels.count()):
+                panel = panels.nth(k)
+                if panel.locator(".widget-slider").count() == 0:
+                    continue
+                dragged.append(_drag_first_slider(page, name, k, panel, timing))
+        except AssertionError as exc:          # say why, if a callback failed
+            logged = _log_console_errors(page)
+            if logged:
+                raise AssertionError(f"{exc}\nJupyterLab's log console shows:\n"
+                                     f"{logged[-1].strip()[-800:]}") from None
+            raise
+        if _panel_required(name):
+            assert dragged, f"{name}: none of its {panels.count()} slider panels has a slider"
+        timing["panels"] = panels.count()
+        timing["dragged"] = dragged
+
+        # No callback failed during the drags: no new error under a cell, none in the log console.
+        state = page.evaluate(STATE_JS, path.name)
+        problems = _cell_errors(state, allowed, sources)
+        assert not problems, f"{name}: errors after dragging the sliders:\n" + "\n\n".join(problems)
+        logged = _log_console_errors(page)
+        assert not logged, (f"{name}: a widget callback failed; JupyterLab's log console shows:\n"
+                            + "\n".join(t.strip()[-1500:] for t in logged))
+    except BaseException:
+        try:
+            page.set_viewport_size(VIEWPORT)
+            page.screenshot(path=str(ARTIFACTS / f"{name}.failure.png"))
+        except Exception:
+            pass
+        raise
+    finally:
+        timing["total_s"] = round(time.monotonic() - t_start, 2)
+        if page_errors:
+            timing["page_errors"] = page_errors[:5]
+        record_property("browser_timings", json.dumps(timing))
+        print(f"\n[browser] {name}: {json.dumps(timing)}")
+        context.close()
+        try:                                   # free the kernel's memory for the next notebook
+            for s in _api(lab_server, "GET", "/api/sessions"):
+                if s.get("path", "").endswith(path.name):
+                    _api(lab_server, "DELETE", f"/api/sessions/{s['id']}")
+        except Exception:
+            pass
