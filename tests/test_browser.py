@@ -551,3 +551,43 @@ def test_notebook_runs_in_jupyterlab_and_its_sliders_move_the_plots(
                     _api(lab_server, "DELETE", f"/api/sessions/{s['id']}")
         except Exception:
             pass
+
+
+# ---------------------------------------------------------------------------
+# Slides: each notebook presents as a reveal.js slideshow (jupyterlab-rise)
+# ---------------------------------------------------------------------------
+
+SLIDES_JS = """() => {
+    const frame = document.querySelector('iframe[src*="rise"]');
+    const doc = frame && frame.contentDocument;
+    if (!doc) return null;
+    return {slides: doc.querySelectorAll('.reveal .slides > section').length,
+            ready: !!doc.querySelector('.reveal.ready')};
+}"""
+
+
+@pytest.mark.parametrize("name", [p.stem for p in sorted(NOTEBOOKS.glob("*.ipynb"))])
+def test_notebook_opens_as_slides_in_jupyterlab(name, lab_server, chromium):
+    n_slides = sum(c.metadata.get("slideshow", {}).get("slide_type") == "slide"
+                   for c in nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4).cells)
+    assert n_slides >= 3, f"{name}: only {n_slides} cells start a slide (run tools/slides.py)"
+    context = chromium.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    try:
+        page.goto(f"{lab_server['url']}/lab/workspaces/slides-{name}/tree/{name}.ipynb"
+                  f"?reset&token={lab_server['token']}")
+        page.wait_for_function(
+            "(p) => window.jupyterapp && Array.from(window.jupyterapp.shell.widgets('main'))"
+            ".some(w => w.context && w.context.path === p && w.context.isReady)",
+            arg=f"{name}.ipynb", timeout=90_000)
+        page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook").first.click()
+        page.evaluate("() => window.jupyterapp.commands.execute('RISE:preview')")
+        state = page.wait_for_function(
+            f"() => {{ const s = ({SLIDES_JS})(); return s && s.ready && s.slides > 0 && s; }}",
+            polling=250, timeout=90_000).json_value()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.wait_for_timeout(1500)             # let reveal.js finish its slide transition
+        page.screenshot(path=str(ARTIFACTS / f"{name}.slides.png"))
+        assert state["slides"] >= n_slides, f"{name}: {state['slides']} slides for {n_slides} slide cells"
+    finally:
+        context.close()
