@@ -352,7 +352,26 @@ def x_hat_in_random_batches(x, index, batch_size, n_batches, eps=1e-5, seed=0):
 # 2. The BatchNorm layer with running statistics
 # ---------------------------------------------------------------------------
 
-class BatchNorm:
+class NormLayer:
+    """What every normalization layer shares: PyTorch's train() and eval() switches.
+
+    layer.train() or layer.eval() sets layer.training and returns the layer, so
+    `layer.eval().forward(x)` reads as in PyTorch.
+    """
+    training = True
+
+    def train(self):
+        """Training mode: BatchNorm uses batch statistics and updates its running ones."""
+        self.training = True
+        return self
+
+    def eval(self):
+        """Eval mode: BatchNorm uses its running statistics and updates nothing."""
+        self.training = False
+        return self
+
+
+class BatchNorm(NormLayer):
     """A batch normalization layer with PyTorch's conventions.
 
     BatchNorm(num_features, eps=1e-5, momentum=0.1) for x of shape (N, D) with
@@ -387,16 +406,6 @@ class BatchNorm:
         self.training = True
         self.dgamma = self.dbeta = self._cache = None
 
-    def train(self):
-        """Switch to training mode (batch statistics, running statistics updated)."""
-        self.training = True
-        return self
-
-    def eval(self):
-        """Switch to eval mode (running statistics, nothing updated)."""
-        self.training = False
-        return self
-
     def forward(self, x):
         """Normalize x, (N, num_features) or (N, num_features, H, W); returns out of x's shape."""
         x = np.asarray(x)
@@ -430,7 +439,7 @@ class BatchNorm:
                 f"training={self.training})")
 
 
-class GroupNorm:
+class GroupNorm(NormLayer):
     """A group normalization layer (Wu & He 2018, arXiv 1803.08494), BatchNorm's interface.
 
     GroupNorm(num_features, num_groups=8, eps=1e-5, momentum=None) for x (N, D) with
@@ -458,16 +467,6 @@ class GroupNorm:
         self.beta = np.zeros(self.num_features)
         self.training = True
         self.dgamma = self.dbeta = self._cache = None
-
-    def train(self):
-        """Training mode (the same computation as eval mode: kept for BatchNorm's interface)."""
-        self.training = True
-        return self
-
-    def eval(self):
-        """Eval mode (the same computation as training mode: no running statistics)."""
-        self.training = False
-        return self
 
     def forward(self, x):
         """Normalize each example of x, (N, num_features) or (N, num_features, H, W)."""

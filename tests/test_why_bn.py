@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import bnlib
+from torch_reference import mlp_loss, mlp_params
 
 
 # --- x_hat_in_random_batches -------------------------------------------------------------
@@ -128,28 +129,16 @@ def test_mlp_builds_noisy_bn_layers_by_name():
 
 # --- loss_along_gradient ---------------------------------------------------------------
 
-def _torch_loss(params, model, x, y):
-    act = {"sigmoid": torch.sigmoid, "relu": torch.relu, "linear": lambda z: z}[model.activation]
-    h = torch.tensor(x)
-    n_hidden = len(model.linears) - 1
-    for i in range(n_hidden):
-        z = h @ params[f"W{i}"] + (params[f"b{i}"] if f"b{i}" in params else 0)
-        if model.norms:
-            z = F.batch_norm(z, None, None, params[f"gamma{i}"], params[f"beta{i}"], training=True, eps=1e-5)
-        h = act(z)
-    return F.cross_entropy(h @ params[f"W{n_hidden}"] + params[f"b{n_hidden}"], torch.tensor(y))
-
-
 @pytest.mark.parametrize("norm", [None, "batch"])
 def test_loss_along_gradient_matches_torch(norm):
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(20, 8)), rng.integers(0, 3, size=20)
     model = bnlib.MLP([8, 6, 6, 3], activation="relu", norm=norm, seed=2, dtype=np.float64)
-    params = {name: torch.tensor(p, requires_grad=True) for name, p, _ in model.parameters()}
-    _torch_loss(params, model, x, y).backward()
+    params = mlp_params(model)
+    mlp_loss(params, model, x, y).backward()
     steps = np.array([0.0, 0.1, 0.5, 2.0])
     with torch.no_grad():
-        want = [_torch_loss({k: p - eta * p.grad for k, p in params.items()}, model, x, y).item()
+        want = [mlp_loss({k: p - eta * p.grad for k, p in params.items()}, model, x, y).item()
                 for eta in steps]
     got = bnlib.loss_along_gradient(model, x, y, steps)
     assert np.max(np.abs(got - np.array(want))) < 1e-10
