@@ -1168,7 +1168,8 @@ ACTIVATIONS = {
 
 # Normalization layers an MLP can use: name -> class taking (num_features).
 # Every one has forward, backward, train, eval, gamma, beta, dgamma, dbeta.
-NORM_LAYERS = {"batch": BatchNorm, "layer": LayerNorm, "group": GroupNorm}
+NORM_LAYERS = {"batch": BatchNorm, "layer": LayerNorm, "group": GroupNorm,
+               "noisy_batch": NoisyBatchNorm}
 
 
 class Linear:
@@ -1196,7 +1197,8 @@ class Linear:
 class MLP:
     """A multilayer perceptron: [Linear -> (norm) -> activation] per hidden layer, then Linear.
 
-    MLP(sizes=[784, 100, 10], activation="sigmoid", norm=None or "batch", seed=0)
+    MLP(sizes=[784, 100, 10], activation="sigmoid", norm=None, seed=0), where norm is
+    None or a key of NORM_LAYERS ("batch", "layer", "group", "noisy_batch").
     x: (N, sizes[0]) -> logits (N, sizes[-1]). With a norm layer the Linear before it
     has no bias. Weights ~ N(0, scale^2 / fan_in) with scale 1 (sigmoid, linear) or
     sqrt(2) (relu) unless weight_scale is given. After forward, `pre_norm[l]` holds
@@ -1526,9 +1528,6 @@ def sigmoid_linearity(z):
     gap = np.max(np.abs(s - (0.5 + z / 4)), axis=0)
     return (float(r2), float(gap)) if z.ndim == 1 else (r2, gap)
 
-
-# Noisy BN (notebook 06) is a norm layer an MLP can use: MLP(..., norm="noisy_batch").
-NORM_LAYERS["noisy_batch"] = NoisyBatchNorm
 
 
 def loss_along_gradient(model, X, y, step_sizes):
