@@ -1,0 +1,222 @@
+"""Notebook 01's bnlib functions: two MNIST features, logistic regression's loss, gradient,
+Hessian and minimum, gradient-descent paths, and the standardize exercise check.
+References: PyTorch (autograd, BCEWithLogits, SGD), finite differences, closed forms."""
+import numpy as np
+import pytest
+import torch
+
+import bnlib
+
+
+def two_feature_problem(seed=0, n=60):
+    """Features on different scales (like ink and width) and labels 0/1 that overlap."""
+    rng = np.random.default_rng(seed)
+    X = np.stack([rng.normal(100, 40, n), rng.normal(13, 5, n)], axis=1)
+    y = (X[:, 0] / 40 - X[:, 1] / 5 + rng.normal(0, 1, n) > 100 / 40 - 13 / 5).astype(np.float64)
+    return X, y
+
+
+def torch_loss(w, X, y, b):
+    z = torch.as_tensor(X) @ w + b
+    return torch.nn.functional.binary_cross_entropy_with_logits(z, torch.as_tensor(y))
+
+
+# --- features ---------------------------------------------------------------
+
+def test_ink_and_width_of_a_drawn_rectangle():
+    img = np.zeros((28, 28), dtype=np.float32)
+    img[4:20, 5:13] = 1.0                      # 16 rows x 8 columns of full ink
+    img[10, 20] = 0.4                          # faint pixel: ink, but not past 0.5 for the width
+    feats = bnlib.ink_and_width(img.reshape(1, 784))
+    assert feats.shape == (1, 2)
+    assert feats[0, 0] == pytest.approx(16 * 8 + 0.4)
+    assert feats[0, 1] == 8
+
+
+def test_ink_and_width_match_a_per_image_loop_on_mnist():
+    X, _ = bnlib.load_mnist(train=False)
+    X = X[:50]
+    feats = bnlib.ink_and_width(X)
+    for img, (ink, width) in zip(X.reshape(-1, 28, 28), feats):
+        cols = np.nonzero((img > 0.5).any(axis=0))[0]
+        assert width == (cols[-1] - cols[0] + 1 if len(cols) else 0)
+        assert ink == pytest.approx(float(torch.tensor(img, dtype=torch.float64).sum()), rel=1e-12)
+
+
+def test_ink_and_width_rejects_images_that_are_not_flattened():
+    with pytest.raises(ValueError, match="784"):
+        bnlib.ink_and_width(np.zeros((3, 28, 28)))
+
+
+# --- loss, gradient, Hessian -----------------------------------------------
+
+def test_logreg_loss_matches_torch_bce_with_logits():
+    X, y = two_feature_problem()
+    w, b = np.array([0.03, -0.2]), 0.4
+    want = torch_loss(torch.tensor(w), X, y, b).item()
+    assert bnlib.logreg_loss(w, X, y, b) == pytest.approx(want, rel=1e-12)
+
+
+def test_logreg_loss_on_a_grid_of_weights_matches_one_at_a_time():
+    X, y = two_feature_problem()
+    W = np.stack(np.meshgrid(np.linspace(-0.1, 0.1, 4), np.linspace(-1, 1, 3)), axis=-1)   # (3, 4, 2)
+    grid = bnlib.logreg_loss(W, X, y, 0.5)
+    assert grid.shape == (3, 4)
+    assert grid[2, 1] == pytest.approx(torch_loss(torch.tensor(W[2, 1]), X, y, 0.5).item(), rel=1e-12)
+
+
+def test_logreg_loss_does_not_overflow_for_huge_logits():
+    X, y = two_feature_problem()
+    assert np.isfinite(bnlib.logreg_loss(np.array([50.0, 50.0]), X, y))
+
+
+def test_logreg_grad_matches_torch_autograd():
+    X, y = two_feature_problem()
+    w = torch.tensor([0.02, -0.1], dtype=torch.float64, requires_grad=True)
+    torch_loss(w, X, y, -1.0).backward()
+    got = bnlib.logreg_grad(w.detach().numpy(), X, y, -1.0)
+    assert bnlib.rel_error(got, w.grad.numpy()) < 1e-12
+
+
+def test_logreg_grad_matches_finite_differences():
+    X, y = two_feature_problem()
+    w = np.array([0.02, -0.1])
+    num = bnlib.numerical_gradient(lambda v: bnlib.logreg_loss(v, X, y, -1.0), w.copy(), 1.0, h=1e-6)
+    assert bnlib.rel_error(bnlib.logreg_grad(w, X, y, -1.0), num) < 1e-7
+
+
+def test_logreg_hessian_matches_torch_autograd_hessian():
+    X, y = two_feature_problem()
+    w = np.array([0.02, -0.1])
+    want = torch.autograd.functional.hessian(lambda v: torch_loss(v, X, y, -1.0), torch.tensor(w)).numpy()
+    assert bnlib.rel_error(bnlib.logreg_hessian(w, X, y, -1.0), want) < 1e-10
+
+
+def test_hessian_condition_number_matches_numpy_cond_of_torch_hessian():
+    X, y = two_feature_problem()
+    w = np.array([0.02, -0.1])
+    lam = np.linalg.eigvalsh(bnlib.logreg_hessian(w, X, y, -1.0))
+    H_torch = torch.autograd.functional.hessian(lambda v: torch_loss(v, X, y, -1.0), torch.tensor(w))
+    assert lam[-1] / lam[0] == pytest.approx(np.linalg.cond(H_torch.numpy()), rel=1e-8)
+    assert lam[-1] / lam[0] > 50             # different scales: an ill-conditioned problem
+
+
+def test_logreg_rejects_labels_other_than_0_and_1():
+    X, y = two_feature_problem()
+    with pytest.raises(ValueError, match="0 and 1"):
+        bnlib.logreg_loss(np.zeros(2), X, 2 * y - 1)
+
+
+def test_logreg_rejects_weights_of_the_wrong_length():
+    X, y = two_feature_problem()
+    with pytest.raises(ValueError, match="D=2"):
+        bnlib.logreg_grad(np.zeros(3), X, y)
+
+
+# --- the minimum and gradient descent ----------------------------------------
+
+def test_fit_logreg_reaches_a_point_where_torch_gradient_vanishes():
+    X, y = two_feature_problem()
+    w, b = bnlib.fit_logreg(X, y)
+    wt = torch.tensor(w, requires_grad=True)
+    bt = torch.tensor(b, dtype=torch.float64, requires_grad=True)
+    torch_loss(wt, X, y, bt).backward()
+    assert max(wt.grad.abs().max().item(), abs(bt.grad.item())) < 1e-10
+
+
+def test_standardizing_changes_the_weights_but_not_the_best_loss():
+    X, y = two_feature_problem()
+    mu, sd = X.mean(axis=0), X.std(axis=0)
+    w_raw, b_raw = bnlib.fit_logreg(X, y)
+    w_std, b_std = bnlib.fit_logreg((X - mu) / sd, y)
+    assert np.allclose(w_raw, w_std / sd, rtol=1e-8)               # closed-form reparametrization
+    assert b_raw == pytest.approx(b_std - np.sum(w_std * mu / sd), rel=1e-8)
+
+
+def test_gd_path_takes_the_same_steps_as_torch_sgd():
+    X, y = two_feature_problem()
+    w = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.SGD([w], lr=1e-3)
+    want = [w.detach().clone().numpy()]
+    for _ in range(5):
+        opt.zero_grad()
+        torch_loss(w, X, y, 0.3).backward()
+        opt.step()
+        want.append(w.detach().clone().numpy())
+    path, losses = bnlib.gd_path(X, y, np.zeros(2), 1e-3, 5, b=0.3)
+    assert path.shape == (6, 2) and losses.shape == (6,)
+    assert np.allclose(path, np.array(want), rtol=1e-12, atol=1e-15)
+    assert losses[3] == pytest.approx(torch_loss(torch.tensor(path[3]), X, y, 0.3).item(), rel=1e-12)
+
+
+def test_gd_path_rejects_a_negative_learning_rate():
+    X, y = two_feature_problem()
+    with pytest.raises(ValueError, match="lr > 0"):
+        bnlib.gd_path(X, y, np.zeros(2), -0.1, 10)
+
+
+def test_first_step_below_finds_the_first_crossing_or_none():
+    assert bnlib.first_step_below([3.0, 2.0, 0.9, 1.1, 0.5], 1.0) == 2
+    assert bnlib.first_step_below([3.0, 2.0], 1.0) is None
+
+
+def test_largest_stable_lr_sits_just_below_two_over_lambda_max():
+    # labels independent of the features: the loss stays near its quadratic at w = 0,
+    # whose Hessian is X^T X / (4 N), so GD is stable exactly for lr < 2 / lambda_max.
+    rng = np.random.default_rng(3)
+    X = rng.normal(0, 1, (400, 2)) * [3.0, 0.5]
+    y = (rng.random(400) < 0.5).astype(np.float64)
+    lam_max = np.linalg.eigvalsh(X.T @ X / (4 * len(y)))[-1]
+    lrs = 2 / lam_max * np.array([0.3, 0.9, 1.3, 2.0])
+    assert bnlib.largest_stable_lr(X, y, lrs, steps=100) == pytest.approx(lrs[1])
+
+
+# --- the exercise check ------------------------------------------------------
+
+def right_standardize(X):
+    X = np.asarray(X, dtype=np.float64)
+    mu, sd = X.mean(axis=0), X.std(axis=0)
+    sd = np.where(sd == 0, 1.0, sd)
+    return (X - mu) / sd, mu, sd
+
+
+def test_check_standardize_passes_a_right_answer(capsys):
+    bnlib.check_standardize(right_standardize)
+    assert "PASS" in capsys.readouterr().out
+
+
+def test_check_standardize_reports_the_sample_std(capsys):
+    def sample_std(X):
+        X = np.asarray(X, dtype=np.float64)
+        mu, sd = X.mean(axis=0), X.std(axis=0, ddof=1)
+        sd = np.where(sd == 0, 1.0, sd)
+        return (X - mu) / sd, mu, sd
+    bnlib.check_standardize(sample_std)
+    out = capsys.readouterr().out
+    assert "not yet" in out and "1/(N-1)" in out
+
+
+def test_check_standardize_reports_nan_from_a_constant_column(capsys):
+    def no_guard(X):
+        X = np.asarray(X, dtype=np.float64)
+        return (X - X.mean(axis=0)) / X.std(axis=0), X.mean(axis=0), X.std(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        bnlib.check_standardize(no_guard)
+    out = capsys.readouterr().out
+    assert "not yet" in out and "constant column" in out
+
+
+def test_check_standardize_reports_one_global_mean(capsys):
+    def global_stats(X):
+        X = np.asarray(X, dtype=np.float64)
+        return (X - X.mean()) / X.std(), X.mean(), X.std()
+    bnlib.check_standardize(global_stats)
+    out = capsys.readouterr().out
+    assert "not yet" in out and "per column" in out
+
+
+def test_check_standardize_says_not_done_yet_for_the_stub(capsys):
+    def stub(X):
+        raise NotImplementedError
+    bnlib.check_standardize(stub)
+    assert "not done yet" in capsys.readouterr().out
