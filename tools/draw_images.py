@@ -75,7 +75,7 @@ def draw_cats(path):
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), gridspec_kw={"wspace": 0.08})
     train = [(0.9, 1.0, "black", None), (2.4, 1.2, "black", None), (3.9, 0.9, "#333333", None)]
     test = [(0.8, 1.0, "#e8913a", "#b5651d"), (2.2, 1.25, "white", None), (3.5, 0.95, "#9e9e9e", "#616161"),
-            (4.8, 1.15, "#c8a27a", None), (2.9, -0.55, "black", None)]
+            (4.8, 1.15, "#c8a27a", None)]
     for ax, cats, title in ((axes[0], train, "Training set: only black cats"),
                             (axes[1], test, "Later: cats of every colour")):
         for x, y, body, stripes in cats:
@@ -86,8 +86,8 @@ def draw_cats(path):
         ax.set_aspect("equal")
         ax.axis("off")
     axes[0].text(2.4, -0.9, "inputs: dark pixels\nlabel: cat", ha="center", fontsize=11)
-    axes[1].text(4.65, -0.9, "same label: cat\ninputs moved:\nclassifier unsure", ha="center",
-                 fontsize=10.5, color="#d95f02")
+    axes[1].text(2.8, -0.9, "same label: cat, but the inputs moved\n(new colours): the classifier is unsure",
+                 ha="center", fontsize=11, color="#d95f02")
     fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
 
