@@ -96,16 +96,17 @@ def _copy_course(tmp):
 
 
 def _write_lab_settings(settings_dir):
-    """Every cell rendered (no windowing, no blank space after the last), no news (offline)."""
-    files = {
-        "@jupyterlab/notebook-extension/tracker.jupyterlab-settings":
-            {"windowingMode": "none", "scrollPastEnd": False},
-        "@jupyterlab/apputils-extension/notification.jupyterlab-settings":
-            {"fetchNews": "false", "checkForUpdates": False},
-    }
-    for rel, value in files.items():
-        (settings_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-        (settings_dir / rel).write_text(json.dumps(value))
+    """The course's JupyterLab defaults (tools/jupyterlab-overrides.json, which tools/start.sh
+    installs for learners: comm messages on the main shell, no news), plus for the test: every
+    cell rendered (no windowing, no blank space after the last)."""
+    settings = json.loads((ROOT / "tools" / "jupyterlab-overrides.json").read_text())
+    settings.setdefault("@jupyterlab/notebook-extension:tracker", {}).update(
+        windowingMode="none", scrollPastEnd=False)
+    for plugin, value in settings.items():
+        package, name = plugin.split(":")
+        path = settings_dir / package / f"{name}.jupyterlab-settings"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(value))
 
 
 def _stop(proc):
@@ -171,6 +172,11 @@ def lab_server(tmp_path_factory):
         tail = server["log"].read_text(errors="replace")[-3000:]
         pytest.fail(f"JupyterLab exited at start three times. Last log:\n{tail}")
     print(f"\n[browser] JupyterLab up in {time.monotonic() - t0:.1f} s at {server['url']}")
+    kernels = _api(server, "GET", "/lab/api/settings/@jupyterlab/apputils-extension:kernels-settings")
+    if kernels["settings"].get("commsOverSubshells") != "disabled":
+        _stop(proc)
+        pytest.fail("JupyterLab did not take the course's settings (tools/jupyterlab-overrides.json): "
+                    f"kernels-settings are {kernels['settings']}")
     try:
         yield server
     finally:
@@ -232,10 +238,11 @@ STATE_JS = """(path) => {
   const cells = nb.widgets.map((cell, i) => {
     const node = cell.node;
     const info = {index: i, type: cell.model.type, prompt: '', errors: [], stderr: [],
-                  widgetErrors: 0, inDom: node.isConnected};
+                  widgetErrors: 0, inDom: node.isConnected, count: null};
     if (cell.model.type !== 'code') return info;
     const prompt = node.querySelector('.jp-InputPrompt');
     info.prompt = prompt ? prompt.textContent.trim() : '';
+    info.count = cell.model.executionCount;
     for (const o of cell.model.outputs.toJSON()) {
       if (o.output_type === 'error') info.errors.push(o.ename + ': ' + o.evalue);
     }
@@ -248,7 +255,9 @@ STATE_JS = """(path) => {
     }
     return info;
   });
-  return {status: indicator ? indicator.getAttribute('data-status') : null, cells: cells};
+  const kernel = panel.sessionContext.session && panel.sessionContext.session.kernel;
+  return {status: kernel ? kernel.status : null,
+          indicator: indicator ? indicator.getAttribute('data-status') : null, cells: cells};
 }"""
 
 # Wait helper: null until the run is over (kernel idle, every code cell numbered) or a cell
@@ -258,7 +267,7 @@ RUN_DONE_JS = """([path, allowed]) => {
   if (!state) return null;
   const bad = state.cells.some(c => !allowed.includes(c.index) &&
       (c.errors.length || c.stderr.some(t => t.includes('Traceback (most recent call last)'))));
-  const numbered = state.cells.every(c => c.type !== 'code' || /^\\[\\d+\\]:$/.test(c.prompt));
+  const numbered = state.cells.every(c => c.type !== 'code' || c.count !== null);
   return (bad || (state.status === 'idle' && numbered)) ? state : null;
 }""" % STATE_JS
 
@@ -302,6 +311,34 @@ def _log_console_errors(page):
         '.jp-LogConsolePanel .jp-OutputArea-child')).filter(
         c => c.querySelector('[data-log-level="error"], [data-log-level="critical"]')).map(
         c => c.innerText)""")
+
+
+# The kernel of notebook `path`: idle and connected, or null.
+KERNEL_SETTLED_JS = """(path) => {
+  const panel = Array.from(window.jupyterapp.shell.widgets('main'))
+      .find(w => w.context && w.context.path === path);
+  const kernel = panel && panel.sessionContext.session && panel.sessionContext.session.kernel;
+  return !!kernel && kernel.status === 'idle' && kernel.connectionStatus === 'connected';
+}"""
+
+# Restart the kernel of notebook `path` (what the Kernel menu's Restart does once confirmed);
+# resolves when the kernel has restarted.
+RESTART_JS = """async (path) => {
+  const panel = Array.from(window.jupyterapp.shell.widgets('main'))
+      .find(w => w.context && w.context.path === path);
+  await panel.sessionContext.session.kernel.restart();
+}"""
+
+
+def _wait_kernel_settled(page, notebook, settle_s=1.5):
+    """Wait until the notebook's kernel is idle and connected, and stays so for settle_s."""
+    deadline = time.monotonic() + 90
+    while True:
+        page.wait_for_function(KERNEL_SETTLED_JS, arg=notebook, polling=100,
+                               timeout=max(1, deadline - time.monotonic()) * 1000)
+        page.wait_for_timeout(settle_s * 1000)
+        if page.evaluate(KERNEL_SETTLED_JS, notebook):
+            return
 
 
 def _poll(fn, timeout, interval=0.2):
@@ -451,11 +488,16 @@ def test_notebook_runs_in_jupyterlab_and_its_sliders_move_the_plots(
         if side_tab.count():                   # fold the file browser away: a wider notebook
             side_tab.first.click()
 
-        # 2. Restart the kernel and run all cells, with the toolbar button and the dialog.
+        # 2. Restart the kernel, let its new connection settle, then Run All (menu Run > Run All
+        #    Cells). Not the one-step "restart and run all": JupyterLab reconnects its websocket
+        #    during a restart, and execute requests sent on the old socket in that window are
+        #    lost (seen here: the server then logs "Replacing stale connection" and a struct.error,
+        #    and the cells wait forever).
+        _wait_kernel_settled(page, path.name)
+        page.evaluate(RESTART_JS, path.name)
+        _wait_kernel_settled(page, path.name)
         t0 = time.monotonic()
-        page.locator(f'{panel_sel} .jp-NotebookPanel-toolbar '
-                     f'[data-command="notebook:restart-run-all"]').click()
-        page.locator(".jp-Dialog .jp-Dialog-button.jp-mod-accept").click()
+        page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
 
         # 3. Wait for the end of the run (or the first error that stops it).
         try:
@@ -464,11 +506,12 @@ def test_notebook_runs_in_jupyterlab_and_its_sliders_move_the_plots(
         except PlaywrightTimeout:
             state = page.evaluate(STATE_JS, path.name)
             waiting = [f"cell {c['index']} {c['prompt']}" for c in (state or {}).get("cells", [])
-                       if c["type"] == "code" and not c["prompt"][1:-2].isdigit()]
+                       if c["type"] == "code" and c["count"] is None]
             page.screenshot(path=str(ARTIFACTS / f"{name}.timeout.png"))
             pytest.fail(f"{name}: the run did not finish within {RUN_ALL_TIMEOUT} s; kernel "
                         f"{(state or {}).get('status')}, cells without an execution count: "
-                        f"{waiting[:10]}; page errors: {page_errors[:3]}")
+                        f"{waiting[:10]}; page errors: {page_errors[:3]}; the server's log ends:\n"
+                        + lab_server["log"].read_text(errors="replace")[-2000:])
         timing["run_all_s"] = round(time.monotonic() - t0, 2)
         assert len(state["cells"]) == len(nb.cells), (
             f"{name}: JupyterLab shows {len(state['cells'])} cells, the file has {len(nb.cells)}")
@@ -478,7 +521,7 @@ def test_notebook_runs_in_jupyterlab_and_its_sliders_move_the_plots(
         # 4. No cell shows an error, except the ones tagged raises-exception.
         problems = _cell_errors(state, allowed, sources)
         assert not problems, f"{name}: cells show errors:\n" + "\n\n".join(problems)
-        counts = [int(c["prompt"][1:-2]) for c in state["cells"] if c["type"] == "code"]
+        counts = [c["count"] for c in state["cells"] if c["type"] == "code"]
         assert len(counts) == n_code and all(a < b for a, b in zip(counts, counts[1:])), (
             f"{name}: execution counts {counts} are not one run top to bottom")
 
