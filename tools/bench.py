@@ -24,10 +24,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+import pinned_numerics  # noqa: E402
+
+# Measure what learners and CI run: the pinned CPU code paths of tools/start.sh and conftest.py
+# (AVX2 kernels in numpy, OpenBLAS and torch), set before numpy and torch load.
+pinned_numerics.apply()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 import bnlib  # noqa: E402
 
@@ -179,8 +186,10 @@ def machine():
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    pinned = ", ".join(f"{k}={v}" for k, v in pinned_numerics.pinned_env().items()) or "none"
     return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}; Python "
-            f"{platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}")
+            f"{platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}; "
+            f"pinned CPU code paths: {pinned}")
 
 
 def report(bn_rows, torch_threads, runtimes, sliders, step):
