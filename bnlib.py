@@ -601,6 +601,53 @@ class NoisyBatchNorm(BatchNorm):
                 f"noise_gain={self.noise_gain}, training={self.training})")
 
 
+def batch_means_with_shift(before, after, steps, shift_at, batch_size, seed=0):
+    """A stream of batch means through one shift in the data, and the true mean at each step.
+
+    before, after: (N,) one value per example before and after the data changes (the same
+    examples, e.g. a feature of each digit and of the same digit transformed). At step t a
+    batch of batch_size random indices i (with replacement, generator seed `seed`) gives
+        batch_means[t] = mean(before[i]) if t < shift_at else mean(after[i])
+        true_means[t]  = mean(before)    if t < shift_at else mean(after)
+    Returns (batch_means, true_means), each (steps,) float64; their difference is the
+    noise of one batch mean.
+    """
+    before, after = (np.asarray(a, dtype=np.float64) for a in (before, after))
+    if before.ndim != 1 or before.shape != after.shape or len(before) == 0:
+        raise ValueError(f"batch_means_with_shift: before and after must be (N,) with the same N, one "
+                         f"value per example; got shapes {before.shape} and {after.shape}.")
+    if not 0 < shift_at < steps or batch_size < 1:
+        raise ValueError(f"batch_means_with_shift: need 0 < shift_at < steps and batch_size >= 1; got "
+                         f"shift_at={shift_at}, steps={steps}, batch_size={batch_size}.")
+    idx = np.random.default_rng(seed).integers(0, len(before), size=(steps, batch_size))
+    shifted = np.arange(steps) >= shift_at
+    batch_means = np.where(shifted[:, None], after[idx], before[idx]).mean(axis=1)
+    true_means = np.where(shifted, after.mean(), before.mean())
+    return batch_means, true_means
+
+
+def ewma_lag_and_noise(batch_means, true_means, momentum, shift_at, fraction=0.9, settle=50):
+    """The two things a BN momentum trades, on a stream with one shift (batch_means_with_shift).
+
+    batch_means, true_means: (T,); the true mean jumps at index shift_at. The EWMA is
+    linear, so r = ewma(batch_means) = ewma(true_means) + ewma(noise), noise = batch_means - true_means:
+        lag   = steps_to_reach(r, shift_at, true_means[shift_at - 1], true_means[shift_at], fraction)
+        noise = std(ewma(noise, momentum)[settle:])   (the first steps skipped: it starts at 0)
+    Returns (lag, noise): lag an int (the step of the shift counts as 0) or None, noise a float.
+    """
+    batch_means, true_means = (np.asarray(a, dtype=np.float64) for a in (batch_means, true_means))
+    if batch_means.ndim != 1 or batch_means.shape != true_means.shape:
+        raise ValueError(f"ewma_lag_and_noise: batch_means and true_means must be (T,) with the same T; "
+                         f"got shapes {batch_means.shape} and {true_means.shape}.")
+    if not 0 < shift_at < len(true_means) or not 0 <= settle < len(true_means):
+        raise ValueError(f"ewma_lag_and_noise: shift_at must be in 1..T-1 and settle in 0..T-1 (T = "
+                         f"{len(true_means)}); got shift_at={shift_at}, settle={settle}.")
+    track = ewma(batch_means, momentum)
+    lag = steps_to_reach(track, shift_at, true_means[shift_at - 1], true_means[shift_at], fraction)
+    noise = ewma(batch_means - true_means, momentum)[settle:].std()
+    return lag, float(noise)
+
+
 # ---------------------------------------------------------------------------
 # 3. Checking tools
 # ---------------------------------------------------------------------------
@@ -1608,3 +1655,51 @@ def slider_panel(controls, fig, readout=None):
     panel = widgets.VBox([widgets.HBox(top, layout=widgets.Layout(flex_flow="row wrap")), fig.canvas])
     panel.add_class("bn-slider-panel")
     return panel
+
+
+# The nodes of BN's forward graph for one neuron: name -> (x, y, formula, local derivatives).
+_BN_GRAPH_NODES = {
+    "x": (0, 0, "$x_i$", ""),
+    "mu": (1.7, 1.6, r"$\mu=\frac{1}{m}\sum_i x_i$", r"$\partial\mu/\partial x_i=1/m$"),
+    "xc": (3.4, 0, r"$x_{c,i}=x_i-\mu$", r"$\partial/\partial x_i=1$" "\n" r"$\partial/\partial\mu=-1$"),
+    "var": (5.1, 1.6, r"$\sigma^2=\frac{1}{m}\sum_i x_{c,i}^2$", r"$\partial\sigma^2/\partial x_{c,i}=2x_{c,i}/m$"),
+    "std": (7.0, 3.2, r"$s=\sqrt{\sigma^2+\epsilon}$", r"$ds/d\sigma^2=1/(2s)$"),
+    "inv": (9.0, 1.6, r"$\mathrm{invstd}=1/s$", r"$d\,\mathrm{invstd}/ds=-1/s^2$"),
+    "xhat": (9.0, -0.9, r"$\hat x_i=x_{c,i}\,\mathrm{invstd}$",
+             r"$\partial/\partial x_{c,i}=\mathrm{invstd}$" "\n" r"$\partial/\partial\,\mathrm{invstd}=x_{c,i}$"),
+    "gb": (11.6, 1.6, r"$\gamma,\ \beta$", ""),
+    "y": (11.6, -0.9, r"$y_i=\gamma\hat x_i+\beta$",
+          r"$\partial/\partial\hat x_i=\gamma$" "\n" r"$\partial/\partial\gamma=\hat x_i,\ \partial/\partial\beta=1$"),
+}
+_BN_GRAPH_EDGES = [("x", "mu"), ("x", "xc"), ("mu", "xc"), ("xc", "var"), ("var", "std"), ("std", "inv"),
+                   ("inv", "xhat"), ("xc", "xhat"), ("xhat", "y"), ("gb", "y")]
+# Where each node's local-derivative label goes, relative to its box (default: below).
+_BN_GRAPH_LABEL_SPOTS = {"mu": (0, 0.42, "center", "bottom"), "std": (0, 0.42, "center", "bottom"),
+                         "var": (1.0, 0, "left", "center"), "inv": (0.1, -0.55, "left", "top")}
+
+
+def plot_bn_graph(figsize=(11, 4.8)):
+    """Draw BN's forward computational graph for one neuron (Algorithm 1 of Ioffe & Szegedy).
+
+    Nine boxes, x -> mu -> x_c = x - mu -> var -> s = sqrt(var + eps) -> invstd = 1/s
+    -> x_hat = x_c * invstd -> y = gamma * x_hat + beta, each box showing its forward
+    formula with its local derivative(s) in grey; arrows point forward. Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=figsize)
+    boxes = {}
+    for name, (px, py, formula, local) in _BN_GRAPH_NODES.items():
+        boxes[name] = ax.text(px, py, formula, ha="center", va="center", fontsize=12, zorder=3,
+                              bbox=dict(boxstyle="round,pad=0.4", fc="#e6f4ef", ec=BN_COLOR))
+        dx, dy, ha, va = _BN_GRAPH_LABEL_SPOTS.get(name, (0, -0.42, "center", "top"))
+        ax.text(px + dx, py + dy, local, ha=ha, va=va, fontsize=9.5, color="0.3")
+    for a, c in _BN_GRAPH_EDGES:
+        ax.annotate("", xy=(0.5, 0.5), xycoords=boxes[c], xytext=(0.5, 0.5), textcoords=boxes[a],
+                    arrowprops=dict(arrowstyle="-|>", color="0.45", shrinkA=2, shrinkB=2,
+                                    patchA=boxes[a].get_bbox_patch(), patchB=boxes[c].get_bbox_patch()))
+    ax.set_xlim(-0.6, 12.9)
+    ax.set_ylim(-1.9, 4.0)
+    ax.axis("off")
+    ax.set_title("BN's forward graph for one neuron (local derivatives in grey); "
+                 "backward runs the arrows in reverse")
+    return fig

@@ -131,3 +131,58 @@ def test_running_stats_check_reports_a_missing_return(capsys):
         running_mean += momentum * x.mean(axis=0)
     ok, out = report(capsys, no_return)
     assert not ok and "tuple" in out
+
+
+def test_batch_means_with_shift_of_constant_values_have_no_noise():
+    before, after = np.full(50, 0.2), np.full(50, 0.7)
+    batch_means, true_means = bnlib.batch_means_with_shift(before, after, 30, 10, batch_size=4)
+    want = np.r_[np.full(10, 0.2), np.full(20, 0.7)]
+    assert np.allclose(batch_means, want, rtol=0, atol=1e-15)
+    assert np.allclose(true_means, want, rtol=0, atol=1e-15)
+
+
+def test_batch_means_with_shift_noise_is_the_standard_error_of_a_mean():
+    values = np.random.default_rng(5).exponential(2.0, size=1000)   # skewed, std about 2
+    batch_means, true_means = bnlib.batch_means_with_shift(values, 3 * values, 20000, 10000, 16, seed=1)
+    noise = batch_means - true_means
+    sigma = values.std()                                               # draws with replacement
+    assert abs(noise[:10000].std() / (sigma / 4) - 1) < 0.03
+    assert abs(noise[10000:].std() / (3 * sigma / 4) - 1) < 0.03
+    assert abs(noise.mean()) < 0.02
+
+
+def test_batch_means_with_shift_rejects_a_shift_outside_the_stream():
+    with pytest.raises(ValueError, match="shift_at"):
+        bnlib.batch_means_with_shift(np.ones(5), np.ones(5), 10, 10, 2)
+
+
+def test_batch_means_with_shift_rejects_different_lengths():
+    with pytest.raises(ValueError, match="same N"):
+        bnlib.batch_means_with_shift(np.ones(5), np.ones(6), 10, 3, 2)
+
+
+def test_ewma_lag_of_a_noise_free_step_follows_the_closed_form():
+    truth = np.r_[np.ones(300), np.full(100, 3.0)]       # the running mean has settled at 1 by step 300
+    for momentum in (0.1, 0.3):
+        lag, noise = bnlib.ewma_lag_and_noise(truth, truth, momentum, 300)
+        # covered fraction k steps after the shift: 1 - (1 - momentum)^(k + 1) >= 0.9
+        assert lag == math.ceil(math.log(0.1) / math.log(1 - momentum)) - 1
+        assert noise == 0.0
+
+
+def test_ewma_noise_of_white_noise_matches_the_stationary_formula():
+    # For i.i.d. noise of std s, the EWMA's stationary std is s * sqrt(momentum / (2 - momentum)).
+    noise_in = np.random.default_rng(3).standard_normal(40000)
+    truth = np.r_[np.zeros(20000), np.ones(20000)]
+    _, noise = bnlib.ewma_lag_and_noise(truth + noise_in, truth, 0.1, 20000)
+    assert abs(noise / math.sqrt(0.1 / 1.9) - 1) < 0.03
+
+
+def test_ewma_lag_is_none_when_the_shift_is_never_covered():
+    truth = np.r_[np.zeros(60), np.ones(5)]
+    assert bnlib.ewma_lag_and_noise(truth, truth, 0.01, 60)[0] is None
+
+
+def test_ewma_lag_and_noise_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="same T"):
+        bnlib.ewma_lag_and_noise(np.ones(10), np.ones(9), 0.1, 5)

@@ -40,7 +40,7 @@ def main(args):
         sys.exit(f"run_notebooks: no such notebook: {', '.join(missing)}")
     for path in paths:
         print(f"{path.name}: {run(path):.1f} s (with kernel start)", flush=True)
-    subprocess.run([sys.executable, str(ROOT / "tools" / "slides.py")], check=True)
+    subprocess.run([sys.executable, str(ROOT / "tools" / "slides.py"), *map(str, paths)], check=True)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 """Give every notebook cell slideshow metadata, so each notebook presents as slides
 in JupyterLab (jupyterlab-rise: the "Render as slides" button, or Alt+R).
 
-    .venv/bin/python tools/slides.py            # set it in notebooks/*.ipynb
+    .venv/bin/python tools/slides.py            # set it in notebooks/*.ipynb (or name some)
     .venv/bin/python tools/slides.py --check    # exit 1 if a cell lacks it
 
 A `# ` or `## ` heading starts a new slide, a `### ` heading a sub-slide; a
@@ -34,9 +34,10 @@ def slide_type(cell):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="report cells without slide metadata")
+    parser.add_argument("notebooks", nargs="*", type=Path, help="default: notebooks/*.ipynb")
     args = parser.parse_args()
     missing = 0
-    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+    for path in args.notebooks or sorted((ROOT / "notebooks").glob("*.ipynb")):
         nb = nbformat.read(path, as_version=4)
         if args.check:
             lacking = [i for i, c in enumerate(nb.cells) if "slide_type" not in c.metadata.get("slideshow", {})]
@@ -44,9 +45,14 @@ def main():
             if lacking:
                 print(f"{path.name}: cells {lacking} have no slideshow metadata")
             continue
+        changed = False
         for cell in nb.cells:
-            cell.metadata["slideshow"] = {"slide_type": slide_type(cell)}
-        nbformat.write(nb, path)
+            wanted = {"slide_type": slide_type(cell)}
+            if cell.metadata.get("slideshow") != wanted:
+                cell.metadata["slideshow"] = wanted
+                changed = True
+        if changed:                             # leave untouched files alone
+            nbformat.write(nb, path)
     return 1 if missing else 0
 
 
