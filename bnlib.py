@@ -1269,6 +1269,8 @@ class MLP:
                                        bias=True if last else bias, dtype=dtype))
             if norm is not None and not last:
                 layer = NORM_LAYERS[norm](fan_out, eps=eps, momentum=momentum)
+                if norm == "noisy_batch":              # each layer its own noise stream
+                    layer.rng = np.random.default_rng([seed, i])
                 layer.gamma, layer.beta = layer.gamma.astype(dtype), layer.beta.astype(dtype)
                 self.norms.append(layer)
         self.pre_norm, self.pre_activation = [], []

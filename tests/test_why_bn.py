@@ -192,3 +192,11 @@ def test_check_says_not_done_for_the_stub(capsys):
         raise NotImplementedError
     assert not bnlib.check_x_hat_of_example(stub)
     assert "not done yet" in capsys.readouterr().out
+
+
+def test_mlp_gives_each_noisy_bn_layer_its_own_noise():
+    model = bnlib.MLP([20, 8, 8, 8, 3], activation="relu", norm="noisy_batch", seed=0)
+    x = np.random.default_rng(0).standard_normal((16, 20))
+    model(x)
+    gains = [layer.gain for layer in model.norms]
+    assert not np.allclose(gains[0], gains[1]) and not np.allclose(gains[1], gains[2])
