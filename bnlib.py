@@ -1643,6 +1643,48 @@ def interactive_figure(nrows=1, ncols=1, figsize=(6, 4), **kwargs):
     return fig, axes
 
 
+class LiveFigure:
+    """Redraw only what a slider moves, on top of a saved picture of the rest (blitting).
+
+    A full redraw of a figure (axes, ticks, labels, legend, layout) takes 30-100 ms, too slow
+    to follow a dragged slider. The artists a slider changes (a line, points, an image, a
+    title) are few: LiveFigure draws the rest once, keeps it as a bitmap, and on redraw()
+    pastes the bitmap back and draws just those artists over it, a few ms.
+
+        live = LiveFigure(fig, [line])     # the artists the callback changes
+        ...in the callback: line.set_ydata(...); live.redraw()
+
+    Anything else that changes (axis limits, a contour set shown or hidden) needs a full
+    redraw: live.redraw(full=True). A full redraw also happens by itself when the browser
+    asks for one (the figure is shown or resized); the bitmap is taken anew each time.
+    """
+
+    def __init__(self, fig, artists):
+        self.fig, self.canvas = fig, fig.canvas
+        self.artists = list(artists)
+        for artist in self.artists:
+            artist.set_animated(True)          # left out of full draws: drawn by _draw_artists
+        self.background = None
+        self.canvas.mpl_connect("draw_event", self._on_full_draw)
+
+    def _on_full_draw(self, event):
+        self.background = self.canvas.copy_from_bbox(self.fig.bbox)
+        self._draw_artists()
+
+    def _draw_artists(self):
+        for artist in self.artists:
+            self.fig.draw_artist(artist)
+
+    def redraw(self, full=False):
+        """Show the artists' new state: pasted background + the artists, or a full draw."""
+        if full or self.background is None:
+            self.canvas.draw_idle()            # the draw_event handler saves the background
+            return
+        self.canvas.restore_region(self.background)
+        self._draw_artists()
+        self.canvas.blit(self.fig.bbox)
+
+
 def slider_panel(controls, fig, readout=None):
     """Controls above the live figure, with an optional readout widget beside them.
 
