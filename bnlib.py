@@ -1675,6 +1675,15 @@ class LiveFigure:
         for artist in self.artists:
             self.fig.draw_artist(artist)
 
+    def follow(self, artists):
+        """Switch to other artists (say, the image of another channel); the next redraw is full."""
+        for artist in self.artists:
+            artist.set_animated(False)
+        self.artists = list(artists)
+        for artist in self.artists:
+            artist.set_animated(True)
+        self.background = None
+
     def redraw(self, full=False):
         """Show the artists' new state: pasted background + the artists, or a full draw."""
         if full or self.background is None:

@@ -57,3 +57,19 @@ def test_the_old_state_leaves_no_trace():
     live.redraw()
     assert np.array_equal(start, _pixels(fig))
     plt.close(fig)
+
+
+def test_follow_switches_the_moving_artist_and_keeps_the_picture_right():
+    fig, line, x = _figure()
+    other = fig.axes[0].lines[0]                  # the "fixed" curve
+    live = bnlib.LiveFigure(fig, [line])
+    live.redraw()
+    live.follow([other])
+    assert live.background is None and other.get_animated() and not line.get_animated()
+    live.redraw()                                 # full: the new background holds `line`
+    other.set_ydata(1.8 - x)
+    live.redraw()
+    blitted = _pixels(fig)
+    live.redraw(full=True)
+    assert np.array_equal(blitted, _pixels(fig))
+    plt.close(fig)
