@@ -111,13 +111,13 @@ def batchnorm_forward(x, gamma, beta, eps=1e-5):
             "(running statistics, BatchNorm.eval()) or a batch larger than 1.")
     mu = xv.mean(axis=axes, keepdims=True)
     _check_finite(mu, caller)                     # a NaN or inf in x shows in its mean
-    xc = xv - mu                                  # two passes: never E[x^2] - E[x]^2
-    var = np.mean(np.square(xc), axis=axes, keepdims=True)
+    x_hat = xv - mu                               # x - mu; two passes: never E[x^2] - E[x]^2
+    var = np.mean(np.square(x_hat), axis=axes, keepdims=True)
     invstd = 1.0 / np.sqrt(var + eps)
-    x_hat = xc * invstd
+    x_hat *= invstd                               # now (x - mu) * invstd, in place
     out = x_hat * gamma
     out += beta
-    cache = {"x_hat": x_hat, "xc": xc, "var": var, "invstd": invstd, "gamma": gamma,
+    cache = {"x_hat": x_hat, "var": var, "invstd": invstd, "gamma": gamma,
              "eps": eps, "axes": axes, "mu": mu, "shape": x.shape}
     return out.reshape(x.shape), cache
 
@@ -143,9 +143,10 @@ def batchnorm_backward(dout, cache):
     dout = _dout_view(dout, cache, "batchnorm_backward")
     m = x_hat.size // x_hat.shape[1]
     dbeta = dout.sum(axis=axes, keepdims=True)
-    dgamma = np.sum(dout * x_hat, axis=axes, keepdims=True)
+    dx = dout * x_hat                             # a buffer: dx is built in it below
+    dgamma = dx.sum(axis=axes, keepdims=True)
     # dx = gamma * invstd * (dout - dbeta / m - x_hat * dgamma / m), updated in place
-    dx = x_hat * (dgamma / m)
+    np.multiply(x_hat, dgamma / m, out=dx)
     dx += dbeta / m
     np.subtract(dout, dx, out=dx)
     dx *= gamma * invstd
@@ -160,8 +161,9 @@ def batchnorm_backward_steps(dout, cache):
     Each line below is one node's local gradient times the upstream gradient.
     Returns (dx, dgamma, dbeta).
     """
-    x_hat, xc, var, eps = cache["x_hat"], cache["xc"], cache["var"], cache["eps"]
+    x_hat, var, eps = cache["x_hat"], cache["var"], cache["eps"]
     gamma, invstd, axes = cache["gamma"], cache["invstd"], cache["axes"]
+    xc = x_hat / invstd                                       # x - mu, back from x_hat
     dout = _dout_view(dout, cache, "batchnorm_backward_steps")
     m = x_hat.size // x_hat.shape[1]
     dbeta = dout.sum(axis=axes, keepdims=True)               # out = ... + beta
