@@ -1689,8 +1689,8 @@ class LiveFigure:
     def redraw(self, full=False):
         """Show the artists' new state: pasted background + the artists, or a full draw."""
         if full or self.background is None:
-            self.canvas.draw_idle()            # the draw_event handler saves the background
-            return
+            self.canvas.draw_idle()            # a full draw (in the browser: when it asks for
+            return                             # it); its draw_event saves the background
         self.canvas.restore_region(self.background)
         self._draw_artists()
         self.canvas.blit(self.fig.bbox)

@@ -220,12 +220,11 @@ def report(bn_rows, torch_threads, runtimes, sliders, step):
                 "backward: two sums, a product, three updates of dx: about 14 passes), while "
                 "PyTorch's CPU kernels fuse them into about four (statistics in one pass, "
                 "normalize + scale + shift in another, the same for the gradient). At these sizes "
-                "(1 MB and 6.4 MB a float32 array) the work is memory traffic, so the ratio is "
-                "about the ratio of passes over the data, divided by how much of it stays in "
-                "the cache. bnlib keeps the arithmetic of the equations one line each, as the "
+                "(1 MB and 6.4 MB a float32 array) the work is mostly memory traffic, so the "
+                "passes count. bnlib keeps the arithmetic of the equations one line each, as the "
                 "notebooks teach it; fusing passes would need a compiled kernel (numba, C). "
-                "In the course's own models (table 4) and in notebooks 03-07 the arrays are small "
-                "and bnlib is as fast as PyTorch.", ""]
+                "Where the arrays are small, as at (64, 50) and in the course's training step "
+                "(table 4), bnlib is as fast as PyTorch or faster.", ""]
     if runtimes:
         out += ["## 2. Course run time: each notebook top to bottom (nbclient, kernel start excluded)", "",
                 "| notebook | seconds | goal |", "| --- | ---: | ---: |"]
