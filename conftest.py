@@ -1,11 +1,27 @@
-"""Loaded by pytest before anything else: pin numpy's, OpenBLAS's and torch's CPU code paths
-(tools/pinned_numerics.py) so the kernels nbval starts print the numbers stored in the notebooks
-on any x86_64 machine, AVX-512 or not."""
+"""Loaded by pytest before anything else.
+
+1. Pin numpy's, OpenBLAS's and torch's CPU code paths (tools/pinned_numerics.py) so the kernels
+   nbval starts print the numbers stored in the notebooks on any x86_64 machine, AVX-512 or not.
+2. Mark the slow families, so contributors have a fast loop:
+       .venv/bin/python -m pytest -m "not notebooks and not browser"
+   `notebooks`: every notebook executed under strict nbval; `browser`: JupyterLab in Chromium.
+"""
 import importlib.util
 from pathlib import Path
+
+import pytest
 
 _spec = importlib.util.spec_from_file_location(
     "pinned_numerics", Path(__file__).parent / "tools" / "pinned_numerics.py")
 _pinned = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_pinned)
 _pinned.apply()
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        path = Path(str(item.path))
+        if path.suffix == ".ipynb":
+            item.add_marker(pytest.mark.notebooks)
+        elif path.name == "test_browser.py":
+            item.add_marker(pytest.mark.browser)
