@@ -15,6 +15,7 @@ Timings are printed and written to artifacts/browser/timings.json; nothing asser
 """
 import json
 import os
+import runpy
 import secrets
 import shutil
 import socket
@@ -31,7 +32,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 ARTIFACTS = ROOT / "artifacts" / "browser"
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(runpy.run_path(str(ROOT / "tools" / "chromium.py"))["path"]())  # $CHROMIUM or Debian's
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 INSTALL_HINT = "apt-get update && apt-get install -y chromium"
