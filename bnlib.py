@@ -1,24 +1,107 @@
 """bnlib: the small numpy library behind the Batch Normalization course.
 
-Every notebook imports this file; each function is explained once, in the
-notebook that introduces it, and reused everywhere else. Sections:
+Every notebook imports this file; each function is shown and explained once, in the
+notebook that introduces it, and reused everywhere else. Read it top to bottom: the BN
+math comes first, one line per equation, and the tooling after it.
 
-1. The math of batch normalization (forward, backward, inference)
-2. The BatchNorm layer with running statistics (PyTorch's conventions)
-3. Checking tools (relative error, finite differences, exercise checks)
-4. Data (the MNIST subset shipped in data/)
-5. Small models and training loops
-6. Plots and widgets
+What importing bnlib does that you cannot see: it limits numpy's BLAS (the library behind
+`@` and np.dot) to ONE thread for the whole kernel, so every machine sums in the same order
+and prints the same numbers (and the course's small matrices are faster that way). To undo
+it in your own notebook: `import threadpoolctl; threadpoolctl.threadpool_limits(None, "blas")`,
+or `threadpool_limits(limits=4, user_api="blas")` for four threads. Nothing else changes
+global state; nothing is downloaded.
 
-Notation follows Ioffe & Szegedy (2015), "Batch Normalization: Accelerating
-Deep Network Training by Reducing Internal Covariate Shift", arXiv 1502.03167:
-for one feature, over a batch of m values x_i,
+Notation follows Ioffe & Szegedy (2015), "Batch Normalization: Accelerating Deep Network
+Training by Reducing Internal Covariate Shift", arXiv 1502.03167: for one feature, over a
+batch of m values x_i,
 
-    mu = mean(x),  var = mean((x - mu)^2),  invstd = 1 / sqrt(var + eps),
-    x_hat = (x - mu) * invstd,               out = gamma * x_hat + beta.
+    mu = mean(x),  xc = x - mu,  var = mean(xc^2),  invstd = 1 / sqrt(var + eps),
+    x_hat = xc * invstd,          out = gamma * x_hat + beta.
 
-Arrays are (N, D) (one statistic per feature, i.e. per column) or
-(N, C, H, W) (one statistic per channel, over N, H and W).
+Arrays are (N, D) (one statistic per feature, i.e. per column) or (N, C, H, W) (one
+statistic per channel, over N, H and W).
+
+Sections, each with the rule for what goes in it:
+
+1. The math of batch normalization: forward and backward functions, one line per equation.
+2. Layers: objects with forward/backward/train/eval that the models stack.
+3. Models and training: a network, its loss, its update, its evaluation (two or more notebooks).
+4. Checking tools: relative error, finite differences, compare.
+5. Data: the MNIST subset shipped in data/.
+6. Helpers of one notebook's experiment: one block per notebook, in course order.
+7. Plots and widgets: colours, figures and sliders.
+8. Exercise checks: the spoilers, last.
+
+Contents (public name, section, the first notebook that calls it; - for names only
+bnlib itself uses):
+
+    name                              sec first used in notebook
+    batchnorm_forward                 1   02
+    batchnorm_backward                1   03
+    batchnorm_backward_steps          1   03
+    batchnorm_inference               1   02
+    channel_mean_std                  1   05
+    groupnorm_forward                 1   07
+    groupnorm_backward                1   -
+    layernorm_forward                 1   07
+    layernorm_backward                1   -
+    fold_batchnorm                    1   07
+    NormLayer                         2   -
+    BatchNorm                         2   04
+    GroupNorm                         2   -
+    LayerNorm                         2   -
+    NoisyBatchNorm                    2   -
+    sigmoid                           2   02
+    ACTIVATIONS                       2   -
+    NORM_LAYERS                       2   -
+    Linear                            2   -
+    MLP                               3   02
+    softmax_cross_entropy             3   02
+    sgd_step                          3   -
+    accuracy                          3   02
+    train_model                       3   02
+    precise_bn_statistics             3   04
+    Verdict                           4   -
+    rel_error                         4   03
+    numerical_gradient                4   03
+    compare                           4   01
+    DATA_DIR                          5   -
+    load_mnist                        5   01
+    ink_and_width                     6   01
+    logreg_loss                       6   01
+    logreg_grad                       6   -
+    logreg_hessian                    6   01
+    fit_logreg                        6   01
+    gd_path                           6   01
+    first_step_below                  6   01
+    largest_stable_lr                 6   01
+    r2_linear_fit                     6   02
+    sigmoid_linearity                 6   02
+    ewma                              6   04
+    steps_to_reach                    6   -
+    batch_means_with_shift            6   04
+    ewma_lag_and_noise                6   04
+    x_hat_in_random_batches           6   06
+    loss_along_gradient               6   06
+    BN_COLOR                          7   01
+    PLAIN_COLOR                       7   01
+    interactive_figure                7   01
+    LiveFigure                        7   01
+    slider_panel                      7   01
+    plot_bn_graph                     7   03
+    CheckFailed                       8   -
+    run_check                         8   -
+    expect_array                      8   -
+    check_standardize                 8   01
+    check_line_fit_r2                 8   02
+    check_batchnorm_forward           8   03
+    check_batchnorm_backward          8   03
+    check_running_stats_update        8   04
+    check_batchnorm_nhwc              8   05
+    check_spatial_batchnorm_backward  8   05
+    check_x_hat_of_example            8   06
+    check_fold_linear_bn              8   07
+    check_groupnorm_rows              8   07
 """
 import hashlib
 from pathlib import Path
@@ -26,155 +109,77 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-# One BLAS thread for numpy's matrix products: a multithreaded product sums in another
-# order, so the same notebook would print slightly different numbers on machines with
-# other core counts; and for the course's small matrices one thread is also faster.
+# One BLAS thread for numpy's matrix products (see the docstring: the same numbers on every
+# machine, and faster for the course's small matrices).
 threadpool_limits(limits=1, user_api="blas")
 
-
-# ---------------------------------------------------------------------------
+# ==============================================================================================
 # 1. The math of batch normalization
-# ---------------------------------------------------------------------------
-
-def _channel_view(x, caller):
-    """x seen as (N, D), or (N, C, H*W) for (N, C, H, W) (a view, no copy).
-
-    Returns (view, axes, param_shape): the axes that hold one feature's or one
-    channel's batch, (0,) or (0, 2), and the shape a per-channel array takes to
-    broadcast against the view, (D,) or (1, C, 1).
-    """
-    if x.ndim == 2:
-        return x, (0,), (x.shape[1],)
-    if x.ndim == 4:
-        n, c = x.shape[:2]
-        return x.reshape(n, c, -1), (0, 2), (1, c, 1)
-    raise ValueError(
-        f"{caller}: x must be 2-D (N, D) or 4-D (N, C, H, W), got shape {x.shape} "
-        f"({x.ndim}-D). Reshape it, e.g. x.reshape(len(x), -1) for a batch of vectors.")
-
-
-def _as_float_array(x, caller, name="x"):
-    """x as a floating numpy array (ints become float64)."""
-    x = np.asarray(x)
-    if not np.issubdtype(x.dtype, np.floating):
-        if not np.issubdtype(x.dtype, np.number):
-            raise ValueError(f"{caller}: {name} must hold numbers, got dtype {x.dtype}.")
-        x = x.astype(np.float64)
-    return x
-
-
-def _check_finite(values, caller):
-    if not np.isfinite(values).all():
-        raise ValueError(f"{caller}: x contains NaN or inf; check the layer before "
-                         "(a diverging learning rate is the usual cause).")
-
-
-def _param(p, name, x, caller):
-    """gamma, beta or a running statistic as a (C,) array of x's dtype, shape checked."""
-    channels = x.shape[1]
-    p = np.asarray(p, dtype=x.dtype)
-    if p.shape != (channels,):
-        raise ValueError(
-            f"{caller}: {name} must have shape ({channels},), one value per "
-            f"{'feature' if x.ndim == 2 else 'channel'} of x {x.shape}; got {p.shape}.")
-    return p
-
-
-def _check_eps(eps, caller):
-    if not eps > 0:
-        raise ValueError(f"{caller}: eps must be > 0 (it keeps 1/sqrt(var + eps) finite "
-                         f"for a constant feature); got {eps}. PyTorch uses 1e-5.")
-
+# Forward and backward passes as numpy functions, one line per equation: BN, inference, other norms, folding.
+# ==============================================================================================
 
 def batchnorm_forward(x, gamma, beta, eps=1e-5):
-    """Batch normalization with batch statistics (training mode).
+    """Batch normalization with batch statistics (training mode), one line per equation.
 
-    x: (N, D) or (N, C, H, W). gamma, beta: (D,) or (C,).
-    Statistics per feature (column) or per channel (over N, H, W); m values each:
-        mu = mean(x), var = mean((x - mu)^2)  (biased, 1/m), invstd = 1/sqrt(var + eps)
-        x_hat = (x - mu) * invstd,  out = gamma * x_hat + beta
-    Returns (out, cache): out has x's shape and dtype; cache is what
-    batchnorm_backward and batchnorm_backward_steps need (for 4-D x its arrays
-    are kept in the (N, C, H*W) view).
+    x: (N, D), one statistic per feature (column); or (N, C, H, W), one per channel over
+    N, H and W, computed on the (N, C, H*W) view. gamma, beta: (D,) or (C,). With m the
+    number of values a feature or channel has (N, or N * H * W):
+        mu = mean(x), xc = x - mu, var = mean(xc^2) (biased, 1/m),
+        std = sqrt(var + eps), invstd = 1 / std, x_hat = xc * invstd, out = gamma * x_hat + beta
+    Returns (out, cache): out has x's shape and dtype; cache holds every node of that graph
+    (mu, xc, var, std, invstd, x_hat, gamma, eps), for the backward passes.
     """
-    caller = "batchnorm_forward"
-    x = _as_float_array(x, caller)
-    xv, axes, pshape = _channel_view(x, caller)
-    _check_eps(eps, caller)
-    gamma = _param(gamma, "gamma", x, caller).reshape(pshape)
-    beta = _param(beta, "beta", x, caller).reshape(pshape)
-    m = x.size // x.shape[1]
-    if m == 1:
-        raise ValueError(
-            f"{caller}: Expected more than 1 value per channel when training, got input of "
-            f"shape {x.shape}. A batch of one example has variance 0: use eval mode "
-            "(running statistics, BatchNorm.eval()) or a batch larger than 1.")
+    x, xv, axes, gamma, beta = _bn_inputs(x, gamma, beta, eps, "batchnorm_forward")
     mu = xv.mean(axis=axes, keepdims=True)
-    _check_finite(mu, caller)                     # a NaN or inf in x shows in its mean
-    x_hat = xv - mu                               # x - mu; two passes: never E[x^2] - E[x]^2
-    var = np.mean(np.square(x_hat), axis=axes, keepdims=True)
-    invstd = 1.0 / np.sqrt(var + eps)
-    x_hat *= invstd                               # now (x - mu) * invstd, in place
-    out = x_hat * gamma
-    out += beta
-    cache = {"x_hat": x_hat, "var": var, "invstd": invstd, "gamma": gamma,
-             "eps": eps, "axes": axes, "mu": mu, "shape": x.shape}
+    xc = xv - mu
+    var = np.mean(xc**2, axis=axes, keepdims=True)
+    std = np.sqrt(var + eps)
+    invstd = 1.0 / std
+    x_hat = xc * invstd
+    out = gamma * x_hat + beta
+    cache = {"mu": mu, "xc": xc, "var": var, "std": std, "invstd": invstd, "x_hat": x_hat,
+             "gamma": gamma, "eps": eps, "axes": axes, "shape": x.shape}
     return out.reshape(x.shape), cache
 
 
-def _dout_view(dout, cache, caller):
-    dout = np.asarray(dout, dtype=cache["x_hat"].dtype)
-    if dout.shape != cache["shape"]:
-        raise ValueError(f"{caller}: dout must have the forward output's shape "
-                         f"{cache['shape']}, got {dout.shape}.")
-    return dout.reshape(cache["x_hat"].shape)
-
-
 def batchnorm_backward(dout, cache):
-    """Gradients of batch normalization, compact form.
+    """Gradients of batch normalization, the compact form derived in notebook 03.
 
-    dout: upstream gradient, the shape of out. Returns (dx, dgamma, dbeta) with
-    dx of x's shape and dgamma, dbeta of shape (D,) or (C,):
-        dbeta  = sum(dout),  dgamma = sum(dout * x_hat)
+    dout: the upstream gradient, of out's shape; cache: from batchnorm_forward.
+    With sums over the m values of each feature or channel:
+        dbeta = sum(dout),  dgamma = sum(dout * x_hat),
         dx = gamma * invstd / m * (m * dout - dbeta - x_hat * dgamma)
-    (sums over the m values of each feature or channel).
+    Returns (dx, dgamma, dbeta): dx of x's shape, dgamma and dbeta (D,) or (C,).
     """
+    dout, cache = _bn_backward_inputs(dout, cache, "batchnorm_backward")
     x_hat, invstd, gamma, axes = cache["x_hat"], cache["invstd"], cache["gamma"], cache["axes"]
-    dout = _dout_view(dout, cache, "batchnorm_backward")
     m = x_hat.size // x_hat.shape[1]
     dbeta = dout.sum(axis=axes, keepdims=True)
-    dx = dout * x_hat                             # a buffer: dx is built in it below
-    dgamma = dx.sum(axis=axes, keepdims=True)
-    # dx = gamma * invstd * (dout - dbeta / m - x_hat * dgamma / m), updated in place
-    np.multiply(x_hat, dgamma / m, out=dx)
-    dx += dbeta / m
-    np.subtract(dout, dx, out=dx)
-    dx *= gamma * invstd
+    dgamma = np.sum(dout * x_hat, axis=axes, keepdims=True)
+    dx = gamma * invstd / m * (m * dout - dbeta - x_hat * dgamma)
     return dx.reshape(cache["shape"]), dgamma.ravel(), dbeta.ravel()
 
 
 def batchnorm_backward_steps(dout, cache):
-    """The same gradients as batchnorm_backward, node by node through the graph.
+    """The same gradients as batchnorm_backward, node by node back through the forward graph.
 
-    Forward graph: mu = mean(x); xc = x - mu; var = mean(xc^2);
-    std = sqrt(var + eps); invstd = 1/std; x_hat = xc * invstd; out = gamma*x_hat + beta.
-    Each line below is one node's local gradient times the upstream gradient.
-    Returns (dx, dgamma, dbeta).
+    Forward (batchnorm_forward): mu = mean(x); xc = x - mu; var = mean(xc^2);
+    std = sqrt(var + eps); invstd = 1 / std; x_hat = xc * invstd; out = gamma * x_hat + beta.
+    Each line below is one node's local derivative times the gradient arriving at it,
+    in reverse order. Returns (dx, dgamma, dbeta).
     """
-    x_hat, var, eps = cache["x_hat"], cache["var"], cache["eps"]
-    gamma, invstd, axes = cache["gamma"], cache["invstd"], cache["axes"]
-    xc = x_hat / invstd                                       # x - mu, back from x_hat
-    dout = _dout_view(dout, cache, "batchnorm_backward_steps")
+    dout, cache = _bn_backward_inputs(dout, cache, "batchnorm_backward_steps")
+    xc, std, invstd, x_hat = cache["xc"], cache["std"], cache["invstd"], cache["x_hat"]
+    gamma, axes = cache["gamma"], cache["axes"]
     m = x_hat.size // x_hat.shape[1]
-    dbeta = dout.sum(axis=axes, keepdims=True)               # out = ... + beta
-    dgamma = np.sum(dout * x_hat, axis=axes, keepdims=True)  # out = gamma * x_hat + ...
+    dbeta = dout.sum(axis=axes, keepdims=True)                # out = gamma * x_hat + beta
+    dgamma = np.sum(dout * x_hat, axis=axes, keepdims=True)
     dx_hat = dout * gamma
-    dinvstd = np.sum(dx_hat * xc, axis=axes, keepdims=True)  # x_hat = xc * invstd
+    dinvstd = np.sum(dx_hat * xc, axis=axes, keepdims=True)   # x_hat = xc * invstd
     dxc = dx_hat * invstd
-    std = np.sqrt(var + eps)
     dstd = -dinvstd / std**2                                  # invstd = 1 / std
-    dvar = dstd * 0.5 / std                                   # std = sqrt(var + eps)
-    dxc = dxc + dvar * 2.0 * xc / m                           # var = mean(xc^2)
+    dvar = dstd / (2 * std)                                   # std = sqrt(var + eps)
+    dxc = dxc + dvar * 2 * xc / m                             # var = mean(xc^2)
     dmu = -np.sum(dxc, axis=axes, keepdims=True)              # xc = x - mu
     dx = dxc + dmu / m                                        # mu = mean(x)
     return dx.reshape(cache["shape"]), dgamma.ravel(), dbeta.ravel()
@@ -318,49 +323,142 @@ def fold_batchnorm(W, b, gamma, beta, mean, var, eps=1e-5):
     return W_folded, (b - mean) * scale + beta
 
 
-def x_hat_in_random_batches(x, index, batch_size, n_batches, eps=1e-5, seed=0):
-    """One example's normalized value when its batchmates are drawn at random.
 
-    x: (N,) one feature's values over a dataset; index: the example we follow. Each of
-    n_batches batches holds x[index] and batch_size - 1 batchmates drawn at random from the
-    other N - 1 values (with replacement, as train_model draws its batches). Over each batch
-    of m = batch_size values, with mu and var its mean and biased variance:
-        x_hat = (x[index] - mu) / sqrt(var + eps)
-    Returns (n_batches,) float64: the example's x_hat in each batch. Its spread is the noise
-    BN's batch statistics add to that example. For m = 2, x_hat = +-d / sqrt(d^2 + eps) with
-    d = (x[index] - mate) / 2: +-1 up to eps.
+# Input checks for the math above. They turn a careless input into an error that says what
+# was wrong and what to do, before numpy can return a silent wrong number.
+
+def _as_float_array(x, caller, name="x"):
+    """x as a floating numpy array (ints and bools become float64)."""
+    try:
+        x = np.asarray(x)
+    except ValueError as exc:                      # ragged nested lists
+        raise ValueError(f"{caller}: {name} must be a rectangular array of numbers ({exc}).") from None
+    if not np.issubdtype(x.dtype, np.floating):
+        if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool) or np.iscomplexobj(x):
+            raise TypeError(f"{caller}: {name} must hold real numbers, got dtype {x.dtype}.")
+        x = x.astype(np.float64)
+    return x
+
+
+def _channel_view(x, caller):
+    """x seen as (N, D), or (N, C, H*W) for (N, C, H, W) (a view, no copy).
+
+    Returns (view, axes, param_shape): the axes that hold one feature's or one
+    channel's batch, (0,) or (0, 2), and the shape a per-channel array takes to
+    broadcast against the view, (D,) or (1, C, 1).
     """
-    caller = "x_hat_in_random_batches"
-    x = _as_float_array(x, caller).astype(np.float64)
-    if x.ndim != 1 or len(x) < 2:
-        raise ValueError(f"{caller}: x must be 1-D (N,) with N >= 2, one feature over a dataset; "
-                         f"got shape {x.shape}. Pick a column, e.g. z[:, k].")
-    if int(index) != index or not 0 <= index < len(x):
-        raise ValueError(f"{caller}: index must be an integer in [0, {len(x)}), got {index!r}.")
-    if int(batch_size) != batch_size or batch_size < 2 or int(n_batches) != n_batches or n_batches < 1:
-        raise ValueError(f"{caller}: batch_size must be an integer >= 2 (a batch of one has no "
-                         f"spread) and n_batches >= 1; got {batch_size!r} and {n_batches!r}.")
+    if x.ndim == 2:
+        return x, (0,), (x.shape[1],)
+    if x.ndim == 4:
+        n, c = x.shape[:2]
+        return x.reshape(n, c, -1), (0, 2), (1, c, 1)
+    raise ValueError(
+        f"{caller}: x must be 2-D (N, D) or 4-D (N, C, H, W), got shape {x.shape} "
+        f"({x.ndim}-D). Reshape it, e.g. x.reshape(len(x), -1) for a batch of vectors.")
+
+
+def _check_finite(values, caller, name="x"):
+    if not np.isfinite(values).all():
+        raise ValueError(f"{caller}: {name} contains NaN or inf; check the layer before "
+                         "(a diverging learning rate is the usual cause).")
+
+
+def _param(p, name, x, caller):
+    """gamma, beta or a running statistic as a (C,) array of x's dtype, shape checked."""
+    channels = x.shape[1]
+    p = _as_float_array(p, caller, name).astype(x.dtype)
+    if p.shape != (channels,):
+        raise ValueError(
+            f"{caller}: {name} must have shape ({channels},), one value per "
+            f"{'feature' if x.ndim == 2 else 'channel'} of x {x.shape}; got {p.shape}.")
+    _check_finite(p, caller, name)
+    return p
+
+
+def _check_eps(eps, caller):
+    if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, (int, float, np.number)) or not eps > 0:
+        raise ValueError(f"{caller}: eps must be a number > 0 (it keeps 1/sqrt(var + eps) finite "
+                         f"for a constant feature); got {eps!r}. PyTorch uses 1e-5.")
+
+
+def _bn_inputs(x, gamma, beta, eps, caller):
+    """Checked inputs of a training-mode BN: (x, view, axes, gamma, beta), the parameters
+    shaped to broadcast against the (N, D) or (N, C, H*W) view."""
+    x = _as_float_array(x, caller)
+    view, axes, pshape = _channel_view(x, caller)
+    if x.shape[1] == 0 or x.size == 0:
+        raise ValueError(f"{caller}: x is empty (shape {x.shape}); a batch needs at least "
+                         "2 examples and 1 feature.")
+    if x.size // x.shape[1] == 1:
+        raise ValueError(
+            f"{caller}: Expected more than 1 value per channel when training, got input of "
+            f"shape {x.shape}. A batch of one example has variance 0: use eval mode "
+            "(running statistics, BatchNorm.eval()) or a batch larger than 1.")
     _check_eps(eps, caller)
-    rng = np.random.default_rng(seed)
-    others = np.delete(x, int(index))
-    mates = others[rng.integers(0, len(others), size=(int(n_batches), int(batch_size) - 1))]
-    batch = np.concatenate([np.full((int(n_batches), 1), x[int(index)]), mates], axis=1)
-    mu = batch.mean(axis=1)
-    var = np.mean(np.square(batch - mu[:, None]), axis=1)
-    return (x[int(index)] - mu) / np.sqrt(var + eps)
+    _check_finite(x, caller)
+    gamma = _param(gamma, "gamma", x, caller).reshape(pshape)
+    beta = _param(beta, "beta", x, caller).reshape(pshape)
+    return x, view, axes, gamma, beta
 
 
-# ---------------------------------------------------------------------------
-# 2. The BatchNorm layer with running statistics
-# ---------------------------------------------------------------------------
+_BN_CACHE_KEYS = {"mu", "xc", "var", "std", "invstd", "x_hat", "gamma", "eps", "axes", "shape"}
+
+
+def _bn_backward_inputs(dout, cache, caller):
+    """dout in the cache's (N, D) or (N, C, H*W) view, and the cache, both checked."""
+    if isinstance(cache, tuple) and len(cache) == 2 and isinstance(cache[1], dict):
+        raise TypeError(f"{caller}: pass the cache alone, not (out, cache): write "
+                        "`out, cache = batchnorm_forward(...)`, then backward(dout, cache).")
+    if not isinstance(cache, dict) or not _BN_CACHE_KEYS <= cache.keys():
+        raise TypeError(f"{caller}: cache must be the dict batchnorm_forward returned as its "
+                        f"second value, got {type(cache).__name__}.")
+    dout = _as_float_array(dout, caller, "dout").astype(cache["x_hat"].dtype)
+    if dout.shape != cache["shape"]:
+        raise ValueError(f"{caller}: dout must have the forward output's shape "
+                         f"{cache['shape']}, got {dout.shape}.")
+    _check_finite(dout, caller, "dout")
+    return dout.reshape(cache["x_hat"].shape), cache
+
+# ==============================================================================================
+# 2. Layers
+# Objects with forward/backward/train/eval that the models stack: norm layers, Linear, activations.
+# ==============================================================================================
 
 class NormLayer:
-    """What every normalization layer shares: PyTorch's train() and eval() switches.
+    """What every normalization layer shares: gamma and beta, PyTorch's train() and eval().
 
     layer.train() or layer.eval() sets layer.training and returns the layer, so
-    `layer.eval().forward(x)` reads as in PyTorch.
+    `layer.eval().forward(x)` reads as in PyTorch. Subclasses set `name` and forward/backward.
     """
-    training = True
+    name = "NormLayer"
+
+    def __init__(self, num_features, eps):
+        if isinstance(num_features, (bool, np.bool_)) or not isinstance(num_features, (int, np.integer)) \
+                or num_features < 1:
+            raise ValueError(f"{self.name}: num_features must be a positive integer (the number of "
+                             f"features or channels of x, its axis 1), got {num_features!r}.")
+        _check_eps(eps, self.name)
+        self.num_features, self.eps = int(num_features), eps
+        self.gamma = np.ones(self.num_features)
+        self.beta = np.zeros(self.num_features)
+        self.training = True
+        self.dgamma = self.dbeta = self._cache = None
+
+    def _check_features(self, x):
+        x = _as_float_array(x, self.name)
+        if x.ndim in (2, 4) and x.shape[1] != self.num_features:
+            raise ValueError(
+                f"{self.name}: this layer has {self.num_features} features, but x of shape "
+                f"{x.shape} has {x.shape[1]} in axis 1. Build the layer as "
+                f"{self.name}({x.shape[1]}) or check the layer that feeds it.")
+        return x
+
+    def _cached(self):
+        if self._cache is None:
+            raise ValueError(f"{self.name}.backward: no forward pass to differentiate. Call forward "
+                               "in training mode first (an eval-mode forward, or one that raised, "
+                               "keeps nothing for a backward pass).")
+        return self._cache
 
     def train(self):
         """Training mode: BatchNorm uses batch statistics and updates its running ones."""
@@ -385,55 +483,52 @@ class BatchNorm(NormLayer):
         running_mean = (1 - momentum) * running_mean + momentum * mu
         running_var  = (1 - momentum) * running_var  + momentum * var * m / (m - 1)
     where m is the number of values per feature (the unbiased variance is stored).
+    momentum=None is PyTorch's cumulative average: momentum = 1 / t at the t-th training
+    batch, so the running values are the plain mean of every batch's statistics so far.
     Eval mode: normalize with running_mean and running_var.
 
     Attributes: gamma, beta (learned, start at 1 and 0), running_mean (starts
-    at 0), running_var (starts at 1), training; after backward, dgamma, dbeta.
+    at 0), running_var (starts at 1), num_batches_tracked, training; after backward,
+    dgamma, dbeta.
     """
+    name = "BatchNorm"
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1):
-        if int(num_features) != num_features or num_features < 1:
-            raise ValueError(f"BatchNorm: num_features must be a positive integer, got {num_features!r}.")
-        _check_eps(eps, "BatchNorm")
-        if not 0.0 <= momentum <= 1.0:
+        super().__init__(num_features, eps)
+        if momentum is not None and (isinstance(momentum, (bool, np.bool_)) or
+                                     not isinstance(momentum, (int, float, np.number)) or
+                                     not 0.0 <= momentum <= 1.0):
             raise ValueError(
-                f"BatchNorm: momentum must be in [0, 1] (PyTorch's convention: the weight "
-                f"of the NEW batch statistic, default 0.1), got {momentum}. Keras's "
-                f"momentum=0.99 weights the old value: use 1 - 0.99 = 0.01 here.")
-        self.num_features, self.eps, self.momentum = int(num_features), eps, momentum
-        self.gamma = np.ones(self.num_features)
-        self.beta = np.zeros(self.num_features)
+                f"{self.name}: momentum must be a number in [0, 1] (PyTorch's convention: the weight "
+                f"of the NEW batch statistic, default 0.1) or None (a cumulative average), got "
+                f"{momentum!r}. Keras's momentum=0.99 weights the old value: use 1 - 0.99 = 0.01 here.")
+        self.momentum = momentum
         self.running_mean = np.zeros(self.num_features)
         self.running_var = np.ones(self.num_features)
-        self.training = True
-        self.dgamma = self.dbeta = self._cache = None
+        self.num_batches_tracked = 0
 
     def forward(self, x):
         """Normalize x, (N, num_features) or (N, num_features, H, W); returns out of x's shape."""
-        x = np.asarray(x)
-        if x.ndim in (2, 4) and x.shape[1] != self.num_features:
-            raise ValueError(
-                f"BatchNorm: this layer has {self.num_features} features, but x of shape "
-                f"{x.shape} has {x.shape[1]} in axis 1. Build the layer as "
-                f"BatchNorm({x.shape[1]}) or check the layer that feeds it.")
+        self._cache = None                     # a backward pass belongs to THIS forward only
+        x = self._check_features(x)
         if not self.training:
             return batchnorm_inference(x, self.gamma, self.beta, self.running_mean,
                                        self.running_var, self.eps)
-        out, self._cache = batchnorm_forward(x, self.gamma, self.beta, self.eps)
+        out, cache = batchnorm_forward(x, self.gamma, self.beta, self.eps)
         m = out.size // self.num_features
-        mu, var = self._cache["mu"].ravel(), self._cache["var"].ravel()
-        self.running_mean = (1 - self.momentum) * self.running_mean + self.momentum * mu
-        self.running_var = (1 - self.momentum) * self.running_var + self.momentum * var * m / (m - 1)
+        mu, var = cache["mu"].ravel(), cache["var"].ravel()
+        self.num_batches_tracked += 1
+        momentum = self.momentum if self.momentum is not None else 1.0 / self.num_batches_tracked
+        self.running_mean = (1 - momentum) * self.running_mean + momentum * mu
+        self.running_var = (1 - momentum) * self.running_var + momentum * var * m / (m - 1)
+        self._cache = cache
         return out
 
     __call__ = forward
 
     def backward(self, dout):
         """Gradient of the last training-mode forward; returns dx, stores dgamma and dbeta."""
-        if self._cache is None:
-            raise ValueError("BatchNorm.backward: call forward in training mode first "
-                             "(eval mode keeps nothing for a backward pass).")
-        dx, self.dgamma, self.dbeta = batchnorm_backward(dout, self._cache)
+        dx, self.dgamma, self.dbeta = batchnorm_backward(dout, self._cached())
         return dx
 
     def __repr__(self):
@@ -455,27 +550,19 @@ class GroupNorm(NormLayer):
     name = "GroupNorm"
 
     def __init__(self, num_features, num_groups=8, eps=1e-5, momentum=None):
-        if int(num_features) != num_features or num_features < 1:
-            raise ValueError(f"{self.name}: num_features must be a positive integer, got {num_features!r}.")
-        if int(num_groups) != num_groups or num_groups < 1 or num_features % num_groups:
+        super().__init__(num_features, eps)
+        if isinstance(num_groups, (bool, np.bool_)) or not isinstance(num_groups, (int, np.integer)) \
+                or num_groups < 1 or num_features % num_groups:
             raise ValueError(
                 f"{self.name}: num_groups={num_groups!r} must be a positive integer that divides "
                 f"num_features={num_features}; divisors: "
-                f"{[g for g in range(1, int(num_features) + 1) if num_features % g == 0]}.")
-        _check_eps(eps, self.name)
-        self.num_features, self.num_groups = int(num_features), int(num_groups)
-        self.eps, self.momentum = eps, momentum
-        self.gamma = np.ones(self.num_features)
-        self.beta = np.zeros(self.num_features)
-        self.training = True
-        self.dgamma = self.dbeta = self._cache = None
+                f"{[g for g in range(1, self.num_features + 1) if num_features % g == 0]}.")
+        self.num_groups, self.momentum = int(num_groups), momentum
 
     def forward(self, x):
         """Normalize each example of x, (N, num_features) or (N, num_features, H, W)."""
-        x = np.asarray(x)
-        if x.ndim in (2, 4) and x.shape[1] != self.num_features:
-            raise ValueError(f"{self.name}: this layer has {self.num_features} features, but x of "
-                             f"shape {x.shape} has {x.shape[1]} in axis 1.")
+        self._cache = None
+        x = self._check_features(x)
         out, self._cache = groupnorm_forward(x, self.gamma, self.beta, self.num_groups, self.eps)
         return out
 
@@ -483,9 +570,7 @@ class GroupNorm(NormLayer):
 
     def backward(self, dout):
         """Gradient of the last forward; returns dx, stores dgamma and dbeta."""
-        if self._cache is None:
-            raise ValueError(f"{self.name}.backward: call forward first.")
-        dx, self.dgamma, self.dbeta = groupnorm_backward(dout, self._cache)
+        dx, self.dgamma, self.dbeta = groupnorm_backward(dout, self._cached())
         return dx
 
     def __repr__(self):
@@ -507,49 +592,6 @@ class LayerNorm(GroupNorm):
         return f"LayerNorm({self.num_features}, eps={self.eps})"
 
 
-def ewma(values, momentum, start=0.0):
-    """The running average BatchNorm keeps, after each of T steps (PyTorch's convention).
-
-    values: (T,) or (T, D), the batch statistic at steps 1..T; start: the initial running
-    value, a scalar or (D,) (BatchNorm starts running_mean at 0 and running_var at 1).
-        r_0 = start,   r_t = (1 - momentum) * r_{t-1} + momentum * values[t - 1]
-    momentum weights the NEW value (Keras's momentum k is 1 - momentum here). For a
-    constant value mu and start 0: r_k = (1 - (1 - momentum)^k) * mu.
-    Returns r_1..r_T, float64 of values' shape.
-    """
-    values = _as_float_array(values, "ewma", "values").astype(np.float64)
-    if values.ndim not in (1, 2):
-        raise ValueError(f"ewma: values must be (T,) or (T, D), one row a step; got shape {values.shape}.")
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"ewma: momentum must be in [0, 1] (the weight of the NEW value, PyTorch's "
-                         f"convention), got {momentum}. For Keras's momentum k pass 1 - k.")
-    out = np.empty_like(values)
-    r = np.broadcast_to(np.asarray(start, dtype=np.float64), values.shape[1:]).copy()
-    for t, v in enumerate(values):
-        r = (1 - momentum) * r + momentum * v
-        out[t] = r
-    return out
-
-
-def steps_to_reach(track, start, before, after, fraction=0.9):
-    """How many steps after a shift a running average needs to cover `fraction` of it.
-
-    track: (T,) running values (e.g. from ewma); the data shifted at index `start` from
-    level `before` to level `after`. Returns the smallest k >= 0 with
-        (track[start + k] - before) / (after - before) >= fraction,
-    or None if the track never gets there. k counts the step of the shift itself as 0.
-    """
-    track = np.asarray(track, dtype=np.float64)
-    if track.ndim != 1 or not 0 <= start < len(track):
-        raise ValueError(f"steps_to_reach: track must be 1-D and start an index into it; got "
-                         f"shape {track.shape} and start={start}.")
-    if after == before:
-        raise ValueError("steps_to_reach: before and after are equal: there is no shift to cover.")
-    covered = (track[start:] - before) / (after - before)
-    hits = np.flatnonzero(covered >= fraction)
-    return int(hits[0]) if hits.size else None
-
-
 class NoisyBatchNorm(BatchNorm):
     """BatchNorm followed by noise whose distribution moves every step ("noisy BN").
 
@@ -566,6 +608,8 @@ class NoisyBatchNorm(BatchNorm):
     seed=0). The last draw is kept in .gain and .shift, (num_features,); .rng makes the
     noise (give each layer its own seed). Backward: dout * gain, then BN's backward.
     """
+
+    name = "NoisyBatchNorm"
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, noise_shift=1.0, noise_gain=2.0, seed=0):
         super().__init__(num_features, eps=eps, momentum=momentum)
@@ -592,615 +636,16 @@ class NoisyBatchNorm(BatchNorm):
 
     def backward(self, dout):
         """Gradient of the last training-mode forward: BN's backward of dout * gain."""
-        if self.gain is None or self._cache is None:
-            raise ValueError("NoisyBatchNorm.backward: call forward in training mode first.")
-        dout = np.asarray(dout)
+        cache = self._cached()
+        dout = _as_float_array(dout, "NoisyBatchNorm.backward", "dout")
         pshape = (1, -1) if dout.ndim == 2 else (1, -1, 1, 1)
-        return super().backward(dout * self.gain.reshape(pshape))
+        dx, self.dgamma, self.dbeta = batchnorm_backward(dout * self.gain.reshape(pshape), cache)
+        return dx
 
     def __repr__(self):
         return (f"NoisyBatchNorm({self.num_features}, noise_shift={self.noise_shift}, "
                 f"noise_gain={self.noise_gain}, training={self.training})")
 
-
-def batch_means_with_shift(before, after, steps, shift_at, batch_size, seed=0):
-    """A stream of batch means through one shift in the data, and the true mean at each step.
-
-    before, after: (N,) one value per example before and after the data changes (the same
-    examples, e.g. a feature of each digit and of the same digit transformed). At step t a
-    batch of batch_size random indices i (with replacement, generator seed `seed`) gives
-        batch_means[t] = mean(before[i]) if t < shift_at else mean(after[i])
-        true_means[t]  = mean(before)    if t < shift_at else mean(after)
-    Returns (batch_means, true_means), each (steps,) float64; their difference is the
-    noise of one batch mean.
-    """
-    before, after = (np.asarray(a, dtype=np.float64) for a in (before, after))
-    if before.ndim != 1 or before.shape != after.shape or len(before) == 0:
-        raise ValueError(f"batch_means_with_shift: before and after must be (N,) with the same N, one "
-                         f"value per example; got shapes {before.shape} and {after.shape}.")
-    if not 0 < shift_at < steps or batch_size < 1:
-        raise ValueError(f"batch_means_with_shift: need 0 < shift_at < steps and batch_size >= 1; got "
-                         f"shift_at={shift_at}, steps={steps}, batch_size={batch_size}.")
-    idx = np.random.default_rng(seed).integers(0, len(before), size=(steps, batch_size))
-    shifted = np.arange(steps) >= shift_at
-    batch_means = np.where(shifted[:, None], after[idx], before[idx]).mean(axis=1)
-    true_means = np.where(shifted, after.mean(), before.mean())
-    return batch_means, true_means
-
-
-def ewma_lag_and_noise(batch_means, true_means, momentum, shift_at, fraction=0.9, settle=50):
-    """The two things a BN momentum trades, on a stream with one shift (batch_means_with_shift).
-
-    batch_means, true_means: (T,); the true mean jumps at index shift_at. The EWMA is
-    linear, so r = ewma(batch_means) = ewma(true_means) + ewma(noise), noise = batch_means - true_means:
-        lag   = steps_to_reach(r, shift_at, true_means[shift_at - 1], true_means[shift_at], fraction)
-        noise = std(ewma(noise, momentum)[settle:])   (the first steps skipped: it starts at 0)
-    Returns (lag, noise): lag an int (the step of the shift counts as 0) or None, noise a float.
-    """
-    batch_means, true_means = (np.asarray(a, dtype=np.float64) for a in (batch_means, true_means))
-    if batch_means.ndim != 1 or batch_means.shape != true_means.shape:
-        raise ValueError(f"ewma_lag_and_noise: batch_means and true_means must be (T,) with the same T; "
-                         f"got shapes {batch_means.shape} and {true_means.shape}.")
-    if not 0 < shift_at < len(true_means) or not 0 <= settle < len(true_means):
-        raise ValueError(f"ewma_lag_and_noise: shift_at must be in 1..T-1 and settle in 0..T-1 (T = "
-                         f"{len(true_means)}); got shift_at={shift_at}, settle={settle}.")
-    track = ewma(batch_means, momentum)
-    lag = steps_to_reach(track, shift_at, true_means[shift_at - 1], true_means[shift_at], fraction)
-    noise = ewma(batch_means - true_means, momentum)[settle:].std()
-    return lag, float(noise)
-
-
-# ---------------------------------------------------------------------------
-# 3. Checking tools
-# ---------------------------------------------------------------------------
-
-class Verdict:
-    """The result of a check: true or false in code (`assert`, `if`), and silent as the
-    last line of a notebook cell, where the printed line already says it."""
-
-    def __init__(self, ok):
-        self.ok = bool(ok)
-
-    def __bool__(self):
-        return self.ok
-
-    def __repr__(self):
-        return f"Verdict({self.ok})"
-
-    def _ipython_display_(self):  # IPython shows nothing for it: no stray "True"
-        pass
-
-
-def rel_error(a, b):
-    """Largest elementwise relative error: max |a - b| / max(1e-8, |a| + |b|).
-
-    As in CS231n: below 1e-7 is right in float64; 1e-2 or more is almost surely a bug.
-    """
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"rel_error: shapes differ, {a.shape} vs {b.shape}.")
-    return float(np.max(np.abs(a - b) / np.maximum(1e-8, np.abs(a) + np.abs(b))))
-
-
-def numerical_gradient(f, x, dout, h=1e-5):
-    """Centered finite differences of sum(f(x) * dout) with respect to x.
-
-    f: function of an array of x's shape. x: float array, changed in place
-    during the loop and restored. Returns an array of x's shape:
-        grad[i] = (sum(f(x + h e_i) * dout) - sum(f(x - h e_i) * dout)) / (2h)
-    Use float64: in float32 the rounding error swamps the difference.
-    """
-    x = np.asarray(x)
-    grad = np.zeros_like(x, dtype=np.float64)
-    for i in np.ndindex(x.shape):
-        old = x[i]
-        x[i] = old + h
-        plus = np.sum(f(x) * dout)
-        x[i] = old - h
-        minus = np.sum(f(x) * dout)
-        x[i] = old
-        grad[i] = (plus - minus) / (2 * h)
-    return grad
-
-
-def compare(name, ours, reference, tol=1e-10):
-    """Print one line a learner reads at a glance: do two arrays agree within tol?
-
-    The line gives a bound (deterministic across machines), not the noisy exact
-    difference. Returns a Verdict: true when max |ours - reference| < tol.
-    """
-    ours = np.asarray(ours, dtype=np.float64)
-    reference = np.asarray(reference, dtype=np.float64)
-    if ours.shape != reference.shape:
-        print(f"{name:<34} DIFFERENT shapes {ours.shape} vs {reference.shape}")
-        return Verdict(False)
-    diff = float(np.max(np.abs(ours - reference))) if ours.size else 0.0
-    if diff < tol:
-        print(f"{name:<34} agree   (max |diff| < {tol:.0e})")
-        return Verdict(True)
-    print(f"{name:<34} DIFFER  (max |diff| = {diff:.3g}, tolerance {tol:.0e})")
-    return Verdict(False)
-
-
-class CheckFailed(Exception):
-    """Raised inside a check to report what is wrong with a learner's answer."""
-
-
-def run_check(title, check):
-    """Run check() and print 'PASS' or what is wrong, never a bare traceback.
-
-    check: a function that raises CheckFailed (or AssertionError) with a
-    message for the learner. A NotImplementedError from the learner's stub
-    means "not done yet". Prints its verdict and returns it as a Verdict (true on pass).
-    """
-    try:
-        check()
-    except NotImplementedError:
-        print(f"{title}: not done yet. Replace the `raise NotImplementedError` line "
-              "with your code, run the cell, then run this check again.")
-        return Verdict(False)
-    except (CheckFailed, AssertionError) as exc:
-        print(f"{title}: not yet. {exc}")
-        return Verdict(False)
-    except Exception as exc:  # the learner's code crashed: say where, briefly
-        print(f"{title}: your code raised {type(exc).__name__}: {exc}")
-        return Verdict(False)
-    print(f"{title}: PASS")
-    return Verdict(True)
-
-
-def expect_array(name, got, want, tol=1e-8):
-    """Inside a check: raise CheckFailed saying how `got` differs from `want`."""
-    if got is None:
-        raise CheckFailed(f"{name} is None: did your function forget to `return` it?")
-    got = np.asarray(got)
-    want = np.asarray(want)
-    if got.shape != want.shape:
-        raise CheckFailed(f"{name} has shape {got.shape}, expected {want.shape}.")
-    err = np.abs(got.astype(np.float64) - want)
-    if not np.all(err < tol):
-        where = np.unravel_index(np.argmax(err), err.shape)
-        raise CheckFailed(f"{name} is off by up to {err.max():.3g} (at index {tuple(map(int, where))}: "
-                          f"got {got[where]:.6g}, expected {want[where]:.6g}).")
-
-
-def _conv_like_batch(shape, seed):
-    """float64 test activations whose channels (axis 1) have very different means and scales."""
-    rng = np.random.default_rng(seed)
-    c = shape[1]
-    shift = np.linspace(-4.0, 9.0, c).reshape(1, c, 1, 1)
-    scale = np.linspace(0.5, 3.0, c).reshape(1, c, 1, 1)
-    x = rng.standard_normal(shape) * scale + shift
-    return x, 1.0 + rng.random(c), rng.standard_normal(c), rng.standard_normal(shape)
-
-
-def check_batchnorm_nhwc(batchnorm_nhwc):
-    """Exercise check (notebook 05): batchnorm_nhwc(x, gamma, beta, eps) for TensorFlow's
-    channels-last layout, x (N, H, W, C) -> out (N, H, W, C), statistics per channel
-    over N, H, W. Reference: torch.nn.functional.batch_norm on the (N, C, H, W) view."""
-    import torch
-    import torch.nn.functional as F
-
-    def check():
-        for shape, eps in (((3, 6, 5, 4), 1e-3), ((1, 7, 3, 2), 1e-5)):   # (N, C, H, W)
-            x_nchw, gamma, beta, _ = _conv_like_batch(shape, seed=shape[1])
-            x = np.ascontiguousarray(x_nchw.transpose(0, 2, 3, 1))         # (N, H, W, C)
-            x_before = x.copy()
-            got = batchnorm_nhwc(x, gamma, beta, eps)
-            if not np.array_equal(x, x_before):
-                raise CheckFailed("your function changed its input x in place; work on a copy.")
-            want = F.batch_norm(torch.from_numpy(x_nchw), None, None, torch.from_numpy(gamma),
-                                torch.from_numpy(beta), training=True, eps=eps)
-            want = want.permute(0, 2, 3, 1).numpy()
-            unbiased = (x - x.mean(axis=(0, 1, 2))) / np.sqrt(x.var(axis=(0, 1, 2), ddof=1) + eps)
-            if got is not None and np.shape(got) == want.shape and np.allclose(got, unbiased * gamma + beta):
-                raise CheckFailed("you normalized with the unbiased variance (1/(m-1)); "
-                                  "training-mode BN uses the biased one, 1/m.")
-            expect_array(f"out for x of shape {x.shape} (N, H, W, C), eps={eps}", got, want, tol=1e-8)
-
-    return run_check("batchnorm_nhwc", check)
-
-
-def check_spatial_batchnorm_backward(spatial_batchnorm_backward):
-    """Exercise check (notebook 05): spatial_batchnorm_backward(dout, x, gamma, beta, eps)
-    -> (dx, dgamma, dbeta) for x (N, C, H, W), dx of x's shape, dgamma and dbeta (C,).
-    Reference: PyTorch autograd through torch.nn.functional.batch_norm (training mode)."""
-    import torch
-    import torch.nn.functional as F
-
-    def check():
-        for shape in ((2, 3, 4, 5), (1, 4, 3, 3)):
-            x, gamma, beta, dout = _conv_like_batch(shape, seed=7 + shape[1])
-            xt, gt, bt = (torch.tensor(a, requires_grad=True) for a in (x, gamma, beta))
-            F.batch_norm(xt, None, None, gt, bt, training=True, eps=1e-5).backward(torch.from_numpy(dout))
-            got = spatial_batchnorm_backward(dout, x.copy(), gamma, beta, 1e-5)
-            if not isinstance(got, (tuple, list)) or len(got) != 3:
-                raise CheckFailed("return the three gradients as a tuple: (dx, dgamma, dbeta).")
-            for name, g, ref in zip(("dx", "dgamma", "dbeta"), got, (xt.grad, gt.grad, bt.grad)):
-                expect_array(f"{name} for x of shape {shape}", g, ref.numpy(), tol=1e-8)
-
-    return run_check("spatial_batchnorm_backward", check)
-
-
-def _dense_like_batch(n, d, seed):
-    """float64 (n, d) activations whose columns have very different means and scales,
-    with gamma, beta (d,) and a random upstream gradient dout (n, d)."""
-    x, gamma, beta, dout = _conv_like_batch((n, d, 1, 1), seed)
-    return x[:, :, 0, 0].copy(), gamma, beta, dout[:, :, 0, 0].copy()
-
-
-def check_batchnorm_forward(batchnorm_forward_fn):
-    """Exercise check (notebook 03): batchnorm_forward_fn(x, gamma, beta, eps) -> out,
-    x (N, D) -> out (N, D), training mode (batch mean, biased variance 1/m):
-        out = gamma * (x - mean(x)) / sqrt(var(x) + eps) + beta,  statistics per column.
-    Reference: torch.nn.functional.batch_norm(training=True)."""
-    import torch
-    import torch.nn.functional as F
-
-    def check():
-        for (n, d), eps in (((6, 4), 1e-5), ((2, 3), 1e-3), ((9, 5), 0.5)):
-            x, gamma, beta, _ = _dense_like_batch(n, d, seed=n + d)
-            x_before = x.copy()
-            got = batchnorm_forward_fn(x, gamma, beta, eps)
-            if not np.array_equal(x, x_before):
-                raise CheckFailed("your function changed its input x in place; work on a copy.")
-            want = F.batch_norm(torch.from_numpy(x), None, None, torch.from_numpy(gamma),
-                                torch.from_numpy(beta), training=True, eps=eps).numpy()
-            xc = x - x.mean(axis=0)
-            wrong = {"the unbiased variance (1/(m-1)); training-mode BN uses the biased one, 1/m":
-                     xc / np.sqrt(x.var(axis=0, ddof=1) + eps) * gamma + beta,
-                     "eps outside the square root; it goes inside: sqrt(var + eps)":
-                     xc / (x.std(axis=0) + eps) * gamma + beta,
-                     "no gamma and beta: the last step is out = gamma * x_hat + beta":
-                     xc / np.sqrt(x.var(axis=0) + eps)}
-            if got is not None and np.shape(got) == want.shape:
-                for mistake, value in wrong.items():
-                    if np.allclose(got, value, atol=1e-10) and not np.allclose(value, want):
-                        raise CheckFailed(f"you used {mistake}.")
-            expect_array(f"out for x of shape {x.shape}, eps={eps}", got, want, tol=1e-8)
-
-    return run_check("batchnorm_forward", check)
-
-
-def check_batchnorm_backward(batchnorm_backward_fn):
-    """Exercise check (notebook 03): batchnorm_backward_fn(dout, x, gamma, eps) ->
-    (dx, dgamma, dbeta), x and dout (N, D), dgamma and dbeta (D,), compact form:
-        dx = gamma * invstd / m * (m * dout - sum(dout) - x_hat * sum(dout * x_hat)).
-    Reference: PyTorch autograd through torch.nn.functional.batch_norm (training mode),
-    with a random upstream gradient (an all-ones one would hide the x_hat term)."""
-    import torch
-    import torch.nn.functional as F
-
-    def check():
-        for n, d in ((7, 3), (2, 4), (16, 5)):
-            x, gamma, beta, dout = _dense_like_batch(n, d, seed=10 * n + d)
-            xt, gt, bt = (torch.tensor(a, requires_grad=True) for a in (x, gamma, beta))
-            F.batch_norm(xt, None, None, gt, bt, training=True, eps=1e-5).backward(torch.from_numpy(dout))
-            got = batchnorm_backward_fn(dout.copy(), x.copy(), gamma.copy(), 1e-5)
-            if not isinstance(got, (tuple, list)) or len(got) != 3:
-                raise CheckFailed("return the three gradients as a tuple: (dx, dgamma, dbeta).")
-            dx, dgamma, dbeta = got
-            if dgamma is not None and dbeta is not None and np.shape(dgamma) == (d,) and \
-                    np.allclose(dgamma, bt.grad.numpy()) and np.allclose(dbeta, gt.grad.numpy()):
-                raise CheckFailed("dgamma and dbeta are swapped: return (dx, dgamma, dbeta).")
-            if dx is not None and np.shape(dx) == x.shape:
-                invstd = 1.0 / np.sqrt(x.var(axis=0) + 1e-5)
-                no_var_term = gamma * invstd * (dout - dout.mean(axis=0))
-                if np.allclose(dx, no_var_term, atol=1e-10):
-                    raise CheckFailed("dx misses the term - x_hat * sum(dout * x_hat): the path "
-                                      "through the variance. An all-ones dout would not notice.")
-                if not np.allclose(dx.sum(axis=0), 0, atol=1e-8):
-                    raise CheckFailed("each column of dx should sum to 0 (shifting a column of x "
-                                      "changes no output); yours does not: check the "
-                                      "- sum(dout) term, the path through the mean.")
-            for name, g, ref in zip(("dx", "dgamma", "dbeta"), got, (xt.grad, gt.grad, bt.grad)):
-                expect_array(f"{name} for x of shape {x.shape}", g, ref.numpy(), tol=1e-8)
-
-    return run_check("batchnorm_backward", check)
-
-
-def _fold_case(fan_in, fan_out, seed):
-    """float64 Linear + eval-mode BN parameters whose eps matters (some variances ~1e-3)."""
-    rng = np.random.default_rng(seed)
-    W = rng.standard_normal((fan_in, fan_out))
-    b, beta, mean = (rng.standard_normal(fan_out) for _ in range(3))
-    gamma = 0.5 + rng.random(fan_out)
-    var = np.where(np.arange(fan_out) % 2 == 0, 1e-3, 1.0) * (1 + rng.random(fan_out))
-    return W, b, gamma, beta, mean, var
-
-
-def check_fold_linear_bn(fold_linear_bn):
-    """Exercise check (notebook 07): fold_linear_bn(W, b, gamma, beta, mean, var, eps)
-    -> (W_folded, b_folded) for W (fan_in, fan_out), b and the BN arrays (fan_out,).
-    Reference: torch.nn.utils.fusion.fuse_linear_bn_eval on the same torch layers."""
-    import torch
-    from torch.nn.utils.fusion import fuse_linear_bn_eval
-
-    def check():
-        for fan_in, fan_out, eps in ((5, 3, 1e-3), (2, 6, 1e-5)):
-            W, b, gamma, beta, mean, var = _fold_case(fan_in, fan_out, seed=fan_in * fan_out)
-            linear = torch.nn.Linear(fan_in, fan_out).double().eval()
-            bn = torch.nn.BatchNorm1d(fan_out, eps=eps).double().eval()
-            with torch.no_grad():
-                linear.weight.copy_(torch.from_numpy(W.T))
-                for t, a in ((linear.bias, b), (bn.weight, gamma), (bn.bias, beta),
-                             (bn.running_mean, mean), (bn.running_var, var)):
-                    t.copy_(torch.from_numpy(a))
-            fused = fuse_linear_bn_eval(linear, bn)
-            W_ref, b_ref = fused.weight.detach().numpy().T, fused.bias.detach().numpy()
-            got = fold_linear_bn(W.copy(), b.copy(), gamma, beta, mean, var, eps)
-            if not isinstance(got, (tuple, list)) or len(got) != 2:
-                raise CheckFailed("return two arrays as a tuple: (W_folded, b_folded).")
-            W_got, b_got = got
-            scale0 = gamma / np.sqrt(var)
-            if np.shape(W_got) == W.shape and np.allclose(W_got, W * scale0):
-                raise CheckFailed("W_folded ignores eps: divide by sqrt(var + eps), as BN does.")
-            if np.shape(W_got) == W.shape and np.allclose(W_got, W * gamma / (var + eps)):
-                raise CheckFailed("W_folded divides by var + eps; BN divides by its square root.")
-            expect_array(f"W_folded for W of shape {W.shape}, eps={eps}", W_got, W_ref, tol=1e-10)
-            if np.shape(b_got) == b.shape and np.allclose(b_got, b * gamma / np.sqrt(var + eps) + beta):
-                raise CheckFailed("b_folded forgets the running mean: it is (b - mean) * scale + beta.")
-            expect_array(f"b_folded for fan_out={fan_out}, eps={eps}", b_got, b_ref, tol=1e-10)
-
-    return run_check("fold_linear_bn", check)
-
-
-def check_groupnorm_rows(groupnorm_rows):
-    """Exercise check (notebook 07): groupnorm_rows(x, gamma, beta, num_groups, eps) for
-    x (N, D) -> out (N, D); each row's D features split into num_groups consecutive groups.
-    Reference: torch.nn.functional.group_norm on x seen as (N, D, 1)."""
-    import torch
-    import torch.nn.functional as F
-
-    def check():
-        for n, d, groups, eps in ((4, 12, 3, 1e-5), (1, 10, 5, 1e-3), (6, 8, 1, 1e-5)):
-            rng = np.random.default_rng(d + groups)
-            x = rng.standard_normal((n, d)) * np.linspace(0.5, 4, d) + np.linspace(-3, 6, d)
-            gamma, beta = 1 + rng.random(d), rng.standard_normal(d)
-            x_before = x.copy()
-            got = groupnorm_rows(x, gamma, beta, groups, eps)
-            if not np.array_equal(x, x_before):
-                raise CheckFailed("your function changed its input x in place; work on a copy.")
-            want = F.group_norm(torch.from_numpy(x)[:, :, None], groups, torch.from_numpy(gamma),
-                                torch.from_numpy(beta), eps=eps)[:, :, 0].numpy()
-            if got is not None and np.shape(got) == want.shape and groups > 1:
-                strided = x.reshape(n, d // groups, groups)
-                xs = (strided - strided.mean(axis=1, keepdims=True)) / np.sqrt(strided.var(axis=1, keepdims=True) + eps)
-                if np.allclose(got, xs.reshape(n, d) * gamma + beta):
-                    raise CheckFailed("your groups take every G-th feature; a group is "
-                                      "D / G CONSECUTIVE features: reshape to (N, G, D // G).")
-            if got is not None and n > 1 and np.allclose(got, (x - x.mean(0)) / np.sqrt(x.var(0) + eps) * gamma + beta):
-                raise CheckFailed("you normalized each column over the batch: that is BatchNorm. "
-                                  "GroupNorm takes statistics over each ROW's group of features.")
-            expect_array(f"out for x {x.shape}, num_groups={groups}, eps={eps}", got, want, tol=1e-8)
-
-    return run_check("groupnorm_rows", check)
-
-
-def check_running_stats_update(update_running_stats):
-    """Exercise check (notebook 04): update_running_stats(running_mean, running_var, x, momentum)
-    -> (new_running_mean, new_running_var); x (N, D), running statistics (D,). PyTorch's
-    convention, momentum weighting the NEW batch statistic, the unbiased variance stored:
-        new_mean = (1 - momentum) * running_mean + momentum * mean(x)
-        new_var  = (1 - momentum) * running_var  + momentum * var(x) * N / (N - 1)
-    Reference: torch.nn.BatchNorm1d's running_mean and running_var over several steps."""
-    import torch
-
-    def check():
-        for n, d, momentum in ((3, 4, 0.3), (6, 2, 0.05)):
-            bn = torch.nn.BatchNorm1d(d, momentum=momentum, dtype=torch.float64)
-            rm, rv = np.zeros(d), np.ones(d)
-            for step in range(1, 5):
-                x, _, _, _ = _dense_like_batch(n, d, seed=100 + 10 * n + step)
-                x_before = x.copy()
-                got = update_running_stats(rm.copy(), rv.copy(), x, momentum)
-                if not np.array_equal(x, x_before):
-                    raise CheckFailed("your function changed its input x in place; work on a copy.")
-                if not isinstance(got, (tuple, list)) or len(got) != 2:
-                    raise CheckFailed("return the two new statistics as a tuple: (running_mean, running_var).")
-                bn(torch.from_numpy(x))
-                want_mean, want_var = bn.running_mean.numpy().copy(), bn.running_var.numpy().copy()
-                mu, var = x.mean(axis=0), x.var(axis=0)
-                new_mean, new_var = (np.asarray(g, dtype=np.float64) if g is not None else g for g in got)
-                if new_mean is not None and new_mean.shape == mu.shape and \
-                        np.allclose(new_mean, momentum * rm + (1 - momentum) * mu):
-                    raise CheckFailed("your momentum weights the OLD value (Keras's convention). In "
-                                      "PyTorch, momentum weights the NEW batch statistic: "
-                                      "(1 - momentum) * running + momentum * batch.")
-                mistakes = {"the biased batch variance (1/N); PyTorch stores the unbiased one, "
-                            "var * N / (N - 1), while it normalizes with the biased one":
-                            (1 - momentum) * rv + momentum * var,
-                            "the standard deviation instead of the variance":
-                            (1 - momentum) * rv + momentum * np.sqrt(var * n / (n - 1)),
-                            "momentum weighting the OLD variance (Keras's convention)":
-                            momentum * rv + (1 - momentum) * var * n / (n - 1)}
-                for mistake, value in mistakes.items():
-                    if new_var is not None and new_var.shape == value.shape and np.allclose(new_var, value):
-                        raise CheckFailed(f"running_var: you used {mistake}.")
-                where = f"after step {step} (x of shape {x.shape}, momentum={momentum})"
-                expect_array(f"running_mean {where}", got[0], want_mean, tol=1e-10)
-                expect_array(f"running_var {where}", got[1], want_var, tol=1e-10)
-                rm, rv = want_mean, want_var
-
-    return run_check("update_running_stats", check)
-
-
-def check_standardize(standardize):
-    """Exercise check (notebook 01): standardize(X) -> (X_std, mu, sd) for X (N, D):
-    mu and sd (D,) are each column's mean and population standard deviation (1/N),
-    sd = 1 where a column is constant, X_std = (X - mu) / sd as float64; X is left unchanged.
-    Reference: torch.mean and torch.std(correction=0) on a float64 copy."""
-    import torch
-
-    rng = np.random.default_rng(11)
-    pixels = rng.integers(0, 256, size=(40, 3), dtype=np.uint8)            # integer input
-    awkward = np.stack([rng.normal(1e7, 1.0, 40),                          # far from zero
-                        np.full(40, 3.5),                                  # constant
-                        rng.exponential(50.0, 40)], axis=1)
-
-    def check():
-        for name, X in (("uint8 pixels (40, 3)", pixels), ("awkward columns (40, 3)", awkward),
-                        ("one column (40, 1)", awkward[:, 2:])):
-            before = X.copy()
-            got = standardize(X)
-            if not np.array_equal(X, before):
-                raise CheckFailed(f"{name}: your function changed X in place; work on a copy.")
-            if not isinstance(got, tuple) or len(got) != 3:
-                raise CheckFailed("return three things: (X_std, mu, sd).")
-            t = torch.tensor(X, dtype=torch.float64)
-            mu, sd = t.mean(dim=0).numpy(), t.std(dim=0, correction=0).numpy()
-            sd = np.where(sd == 0, 1.0, sd)
-            if np.ndim(got[1]) == 0:
-                raise CheckFailed("mu is one number: take one mean per column (axis=0).")
-            if np.allclose(got[2], np.where(sd == 1, 1, t.std(dim=0).numpy()), rtol=1e-6) and X.shape[1] > 1:
-                raise CheckFailed("sd is the sample std (1/(N-1)); use the population std (1/N), np.std's default.")
-            if np.any(np.isnan(np.asarray(got[0], dtype=np.float64))):
-                raise CheckFailed(f"{name}: X_std has NaN: a constant column has sd = 0; use sd = 1 there.")
-            expect_array(f"mu for {name}", got[1], mu, tol=1e-6)
-            expect_array(f"sd for {name}", got[2], sd, tol=1e-6 * sd.max())
-            expect_array(f"X_std for {name}", got[0], (X - mu) / sd, tol=1e-6)
-
-    return run_check("standardize", check)
-
-
-def check_line_fit_r2(line_fit_r2):
-    """Exercise check (notebook 02): line_fit_r2(z, s) -> R^2 (a float) of the least-squares
-    straight line s ~ a * z + b through the points (z_i, s_i), z and s of shape (N,):
-        R^2 = 1 - sum((s - a z - b)^2) / sum((s - mean(s))^2).
-    Reference: numpy.polyfit(z, s, 1) and the residuals of that line."""
-    rng = np.random.default_rng(2)
-    z_odd = np.sort(rng.uniform(-3.0, 7.0, size=13))
-    cases = {"a noisy line": (z_odd, 2.0 - 0.5 * z_odd + rng.normal(0, 0.8, 13)),
-             "a falling curve": (z_odd, np.exp(-0.4 * z_odd)),
-             "points far from 0": (z_odd + 40.0, np.tanh(z_odd / 3) + 5.0),
-             "an exact line": (np.array([1.0, 2.0, 4.0]), np.array([3.0, 1.0, -3.0]))}
-
-    def check():
-        for name, (z, s) in cases.items():
-            z_in, s_in = z.copy(), s.copy()
-            got = line_fit_r2(z_in, s_in)
-            if not (np.array_equal(z_in, z) and np.array_equal(s_in, s)):
-                raise CheckFailed("your function changed z or s in place; work on copies.")
-            if got is None or np.ndim(got) != 0:
-                raise CheckFailed(f"for {name} return one number, got {got!r}.")
-            a, b = np.polyfit(z, s, 1)
-            want = 1.0 - np.sum((s - a * z - b) ** 2) / np.sum((s - s.mean()) ** 2)
-            r = np.corrcoef(z, s)[0, 1]
-            if abs(got - r) < 1e-8 and abs(r - want) > 1e-6:
-                raise CheckFailed(f"for {name} you returned the correlation r = {r:.4f}; "
-                                  "R^2 of a straight-line fit is its square.")
-            if abs(float(got) - want) > 1e-8:
-                raise CheckFailed(f"for {name} (z from {z.min():.3g} to {z.max():.3g}) you got "
-                                  f"{float(got):.6f}, expected {want:.6f}. Does your line have an "
-                                  "intercept, and do you compare with the spread around mean(s)?")
-
-    return run_check("line_fit_r2", check)
-
-
-def check_x_hat_of_example(x_hat_of_example):
-    """Exercise check (notebook 06): x_hat_of_example(value, batchmates, eps) -> float, the
-    normalized value of one example in the training-mode batch [value, *batchmates]:
-        x_hat = (value - mu) / sqrt(var + eps), mu and var (biased, 1/m) over all m values.
-    batchmates: (m - 1,). Reference: torch.nn.functional.batch_norm on the (m, 1) batch."""
-    import torch
-    import torch.nn.functional as F
-
-    def check():
-        rng = np.random.default_rng(6)
-        cases = [(3.0, np.array([1.0]), 1e-5), (-2.5, 40.0 + 7.0 * rng.standard_normal(5), 1e-5),
-                 (0.75, rng.random(63), 0.1), (100.0, 90.0 + rng.standard_normal(3), 1e-3)]
-        for value, mates, eps in cases:
-            batch = np.concatenate([[value], mates])
-            want = F.batch_norm(torch.from_numpy(batch[:, None]), None, None, training=True,
-                                eps=eps)[0, 0].item()
-            got = x_hat_of_example(value, mates.copy(), eps)
-            if got is None:
-                raise CheckFailed("your function returned None: did it forget to `return`?")
-            if np.size(got) != 1:
-                raise CheckFailed(f"return one number (this example's x_hat), got shape {np.shape(got)}.")
-            got = float(np.asarray(got).ravel()[0])
-            m = len(batch)
-            wrong = {"the batchmates' statistics without the example itself; mu and var are over "
-                     "the whole batch, the example included":
-                     (value - mates.mean()) / np.sqrt(mates.var() + eps),
-                     "the unbiased variance (1/(m-1)); training-mode BN uses the biased one, 1/m":
-                     (value - batch.mean()) / np.sqrt(batch.var(ddof=1) + eps),
-                     "eps outside the square root; it goes inside: sqrt(var + eps)":
-                     (value - batch.mean()) / (batch.std() + eps)}
-            for mistake, bad in wrong.items():
-                if abs(got - bad) < 1e-9 and abs(bad - want) > 1e-6:
-                    raise CheckFailed(f"for a batch of {m} you used {mistake}.")
-            if abs(got - want) > 1e-8:
-                raise CheckFailed(f"for value={value} with {m - 1} batchmates (eps={eps}) you got "
-                                  f"{got:.6f}, expected {want:.6f}.")
-
-    return run_check("x_hat_of_example", check)
-
-
-# ---------------------------------------------------------------------------
-# 4. Data: the MNIST subset shipped in data/
-# ---------------------------------------------------------------------------
-
-DATA_DIR = Path(__file__).resolve().parent / "data"
-_MNIST_CACHE = {}
-
-
-def _verify_mnist_files():
-    """Check every raw file against data/SHA256SUMS; raise a clear error otherwise."""
-    sums = DATA_DIR / "SHA256SUMS"
-    if not sums.exists():
-        raise FileNotFoundError(f"{sums} is missing. Restore it with `git checkout -- data/`.")
-    for line in sums.read_text().splitlines():
-        digest, name = line.split()
-        path = DATA_DIR / name
-        if not path.exists():
-            raise FileNotFoundError(
-                f"MNIST file {path} is missing. Restore it with `git checkout -- data/` "
-                "or rebuild it with `python tools/make_mnist_subset.py`.")
-        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
-            raise ValueError(
-                f"MNIST file {path} is corrupted (its SHA-256 differs from data/SHA256SUMS). "
-                "Restore it with `git checkout -- data/` or rebuild it with "
-                "`python tools/make_mnist_subset.py`.")
-
-
-def load_mnist(train=True):
-    """The course's MNIST subset: 8,000 training or 2,000 test digits.
-
-    Read through torchvision.datasets.MNIST(root=data/, download=False), offline.
-    Returns (X, y): X float32 (N, 784) in [0, 1], one flattened 28x28 digit a row;
-    y int64 (N,), the digit 0..9. Source and licence: data/README.md.
-    """
-    if train not in _MNIST_CACHE:
-        _verify_mnist_files()
-        from torchvision.datasets import MNIST
-        ds = MNIST(root=str(DATA_DIR), train=train, download=False)
-        X = ds.data.numpy().reshape(len(ds), 784).astype(np.float32) / np.float32(255)
-        _MNIST_CACHE[train] = (X, ds.targets.numpy().astype(np.int64))
-    X, y = _MNIST_CACHE[train]
-    return X.copy(), y.copy()
-
-
-def ink_and_width(X):
-    """Two features of flattened 28x28 digits, on very different scales (notebook 01).
-
-    X: (N, 784) pixel values in [0, 1]. Returns (N, 2) float64 with columns
-        ink   = sum of the 784 pixel values (0..784; a real digit has about 20-300),
-        width = rightmost - leftmost + 1 over the columns holding a pixel > 0.5 (0..28 pixels).
-    """
-    X = np.asarray(X)
-    if X.ndim != 2 or X.shape[1] != 784:
-        raise ValueError(f"ink_and_width: X must be (N, 784) flattened 28x28 digits, got shape {X.shape}.")
-    cols = (X.reshape(-1, 28, 28) > 0.5).any(axis=1)                  # (N, 28): column has ink
-    left = np.argmax(cols, axis=1)
-    right = 27 - np.argmax(cols[:, ::-1], axis=1)
-    width = np.where(cols.any(axis=1), right - left + 1, 0)
-    return np.stack([X.sum(axis=1, dtype=np.float64), width.astype(np.float64)], axis=1)
-
-
-# ---------------------------------------------------------------------------
-# 5. Small models and training loops
-# ---------------------------------------------------------------------------
 
 def sigmoid(z):
     """Logistic function 1 / (1 + exp(-z)), computed without overflow for large |z|."""
@@ -1214,6 +659,7 @@ ACTIVATIONS = {
     "relu": (lambda z: np.maximum(z, 0), lambda z, a: (z > 0).astype(z.dtype)),
     "linear": (lambda z: z, lambda z, a: np.ones_like(z)),
 }
+
 
 # Normalization layers an MLP can use: name -> class taking (num_features).
 # Every one has forward, backward, train, eval, gamma, beta, dgamma, dbeta.
@@ -1242,6 +688,11 @@ class Linear:
             self.db = dout.sum(axis=0)
         return dout @ self.W.T
 
+
+# ==============================================================================================
+# 3. Models and training
+# A network, its loss, its update and its evaluation, used by two or more notebooks.
+# ==============================================================================================
 
 class MLP:
     """A multilayer perceptron: [Linear -> (norm) -> activation] per hidden layer, then Linear.
@@ -1393,38 +844,182 @@ def train_model(model, X, y, steps, batch_size=60, lr=0.1, X_test=None, y_test=N
     return history
 
 
+
 def precise_bn_statistics(model, X):
     """Replace each BN layer's running statistics by its population statistics over X.
 
-    "Precise BN" (Wu & Johnson 2021, arXiv 2105.07576): after training, instead of the
-    exponentially weighted averages of past batches (taken while the weights moved),
-    use the statistics of the final model over a large set X, (N, sizes[0]), e.g. the
-    whole training set. Layer by layer, with the layers before it already in eval
-    mode on their new statistics, so each BN sees what it will see at inference:
+    Ioffe & Szegedy's own inference procedure (arXiv 1502.03167, Algorithm 2) computes,
+    with the trained network frozen, the mean and unbiased variance of each BN input over
+    the training data; Wu & Johnson (2021, arXiv 2105.07576) revisit it as "precise BN".
+    This is a one-pass variant: layer by layer, in eval mode, with the BN layers before it
+    already on their new statistics (so each BN sees what it will see at inference), over
+    X (N, sizes[0]), e.g. the whole training set:
         running_mean = mean(z),  running_var = sum((z - mean)^2) / (N - 1)  (PyTorch's unbiased)
-    where z (N, D) is the input of the BN layer. Changes model in place and leaves it in
-    eval mode; returns model. Layers without running statistics (LayerNorm...) are skipped.
+    where z (N, D) is the BN layer's input, model.pre_norm[l] after an eval-mode forward.
+    (Algorithm 2 averages the statistics of many mini-batches instead of one pass over X.)
+    Changes model in place and leaves it in eval mode; returns model. Layers without
+    running statistics (LayerNorm, GroupNorm) are skipped.
     """
-    X = np.asarray(X)
+    X = _as_float_array(X, "precise_bn_statistics", "X")
     if X.ndim != 2 or len(X) < 2:
         raise ValueError(f"precise_bn_statistics: X must be (N, features) with N >= 2, got shape "
                          f"{X.shape}; pass many examples, e.g. the whole training set.")
-    f, _ = ACTIVATIONS[model.activation]
     model.eval()
-    h = X
-    for i, linear in enumerate(model.linears[:-1]):
-        z = linear.forward(h)
-        if model.norms:
-            layer = model.norms[i]
-            if hasattr(layer, "running_mean"):
-                z64 = z.astype(np.float64)
-                layer.running_mean, layer.running_var = z64.mean(axis=0), z64.var(axis=0, ddof=1)
-            z = layer.forward(z)
-        h = f(z)
+    for i, layer in enumerate(model.norms):
+        if hasattr(layer, "running_mean"):
+            model.forward(X)                              # layers before i: new statistics
+            z = model.pre_norm[i].astype(np.float64)
+            layer.running_mean, layer.running_var = z.mean(axis=0), z.var(axis=0, ddof=1)
     return model
 
+# ==============================================================================================
+# 4. Checking tools
+# How the course compares one answer with another: relative error, finite differences, compare.
+# ==============================================================================================
 
-# Logistic regression on a few features (notebook 01): p = sigmoid(X w + b), y in {0, 1}.
+class Verdict:
+    """The result of a check: true or false in code (`assert`, `if`), and silent as the
+    last line of a notebook cell, where the printed line already says it."""
+
+    def __init__(self, ok):
+        self.ok = bool(ok)
+
+    def __bool__(self):
+        return self.ok
+
+    def __repr__(self):
+        return f"Verdict({self.ok})"
+
+    def _ipython_display_(self):  # IPython shows nothing for it: no stray "True"
+        pass
+
+
+def rel_error(a, b):
+    """Largest elementwise relative error: max |a - b| / max(1e-8, |a| + |b|).
+
+    As in CS231n: below 1e-7 is right in float64; 1e-2 or more is almost surely a bug.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"rel_error: shapes differ, {a.shape} vs {b.shape}.")
+    return float(np.max(np.abs(a - b) / np.maximum(1e-8, np.abs(a) + np.abs(b))))
+
+
+def numerical_gradient(f, x, dout, h=1e-5):
+    """Centered finite differences of sum(f(x) * dout) with respect to x.
+
+    f: function of an array of x's shape. x: float array, changed in place
+    during the loop and restored. Returns an array of x's shape:
+        grad[i] = (sum(f(x + h e_i) * dout) - sum(f(x - h e_i) * dout)) / (2h)
+    Use float64: in float32 the rounding error swamps the difference.
+    """
+    x = np.asarray(x)
+    grad = np.zeros_like(x, dtype=np.float64)
+    for i in np.ndindex(x.shape):
+        old = x[i]
+        x[i] = old + h
+        plus = np.sum(f(x) * dout)
+        x[i] = old - h
+        minus = np.sum(f(x) * dout)
+        x[i] = old
+        grad[i] = (plus - minus) / (2 * h)
+    return grad
+
+
+def compare(name, ours, reference, tol=1e-10):
+    """Print one line a learner reads at a glance: do two arrays agree within tol?
+
+    The line gives a bound (deterministic across machines), not the noisy exact
+    difference. Returns a Verdict: true when max |ours - reference| < tol.
+    """
+    ours = np.asarray(ours, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    if ours.shape != reference.shape:
+        print(f"{name:<34} DIFFERENT shapes {ours.shape} vs {reference.shape}")
+        return Verdict(False)
+    diff = float(np.max(np.abs(ours - reference))) if ours.size else 0.0
+    if diff < tol:
+        print(f"{name:<34} agree   (max |diff| < {tol:.0e})")
+        return Verdict(True)
+    print(f"{name:<34} DIFFER  (max |diff| = {diff:.3g}, tolerance {tol:.0e})")
+    return Verdict(False)
+
+
+# ==============================================================================================
+# 5. Data
+# The MNIST subset shipped in data/, verified and loaded offline.
+# ==============================================================================================
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
+_MNIST_CACHE = {}
+
+
+def _verify_mnist_files():
+    """Check every raw file against data/SHA256SUMS; raise a clear error otherwise."""
+    sums = DATA_DIR / "SHA256SUMS"
+    if not sums.exists():
+        raise FileNotFoundError(f"{sums} is missing. Restore it with `git checkout -- data/`.")
+    for line in sums.read_text().splitlines():
+        digest, name = line.split()
+        path = DATA_DIR / name
+        if not path.exists():
+            raise FileNotFoundError(
+                f"MNIST file {path} is missing. Restore it with `git checkout -- data/` "
+                "or rebuild it with `python tools/make_mnist_subset.py`.")
+        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            raise ValueError(
+                f"MNIST file {path} is corrupted (its SHA-256 differs from data/SHA256SUMS). "
+                "Restore it with `git checkout -- data/` or rebuild it with "
+                "`python tools/make_mnist_subset.py`.")
+
+
+def load_mnist(train=True):
+    """The course's MNIST subset: 8,000 training or 2,000 test digits.
+
+    Read through torchvision.datasets.MNIST(root=data/, download=False), offline.
+    Returns (X, y): X float32 (N, 784) in [0, 1], one flattened 28x28 digit a row;
+    y int64 (N,), the digit 0..9. Source and licence: data/README.md.
+    """
+    if train not in _MNIST_CACHE:
+        _verify_mnist_files()
+        from torchvision.datasets import MNIST
+        ds = MNIST(root=str(DATA_DIR), train=train, download=False)
+        X = ds.data.numpy().reshape(len(ds), 784).astype(np.float32) / np.float32(255)
+        _MNIST_CACHE[train] = (X, ds.targets.numpy().astype(np.int64))
+    X, y = _MNIST_CACHE[train]
+    return X.copy(), y.copy()
+
+
+# ==============================================================================================
+# 6. Helpers of one notebook's experiment
+# One block per notebook, in course order; a helper used by two notebooks moves up to 1-5.
+# ==============================================================================================
+
+
+
+# --- Notebook 01: input normalization ----------------------------------------------------------
+
+def ink_and_width(X):
+    """Two features of flattened 28x28 digits, on very different scales (notebook 01).
+
+    X: (N, 784) pixel values in [0, 1]. Returns (N, 2) float64 with columns
+        ink   = sum of the 784 pixel values (0..784; a real digit has about 20-300),
+        width = rightmost - leftmost + 1 over the columns holding a pixel > 0.5 (0..28 pixels).
+    """
+    X = np.asarray(X)
+    if X.ndim != 2 or X.shape[1] != 784:
+        raise ValueError(f"ink_and_width: X must be (N, 784) flattened 28x28 digits, got shape {X.shape}.")
+    cols = (X.reshape(-1, 28, 28) > 0.5).any(axis=1)                  # (N, 28): column has ink
+    left = np.argmax(cols, axis=1)
+    right = 27 - np.argmax(cols[:, ::-1], axis=1)
+    width = np.where(cols.any(axis=1), right - left + 1, 0)
+    return np.stack([X.sum(axis=1, dtype=np.float64), width.astype(np.float64)], axis=1)
+
+
+
+# Logistic regression on a few features: p = sigmoid(X w + b), y in {0, 1}.
 
 def _logreg_args(w, X, y, caller):
     w, X, y = (np.asarray(a, dtype=np.float64) for a in (w, X, y))
@@ -1452,14 +1047,14 @@ def logreg_loss(w, X, y, b=0.0):
 def logreg_grad(w, X, y, b=0.0):
     """Gradient of logreg_loss with respect to w (D,): X^T (p - y) / N, p = sigmoid(X w + b)."""
     w, X, y = _logreg_args(w, X, y, "logreg_grad")
-    p = 0.5 * (1.0 + np.tanh(0.5 * (X @ w + b)))                      # sigmoid, no overflow
+    p = sigmoid(X @ w + b)
     return X.T @ (p - y) / len(y)
 
 
 def logreg_hessian(w, X, y, b=0.0):
     """Hessian of logreg_loss with respect to w: (D, D) = X^T diag(p (1 - p)) X / N."""
     w, X, y = _logreg_args(w, X, y, "logreg_hessian")
-    p = 0.5 * (1.0 + np.tanh(0.5 * (X @ w + b)))
+    p = sigmoid(X @ w + b)
     return (X * (p * (1 - p))[:, None]).T @ X / len(y)
 
 
@@ -1493,7 +1088,7 @@ def gd_path(X, y, w0, lr, steps, b=0.0):
     path[0] = w
     Xt, n = X.T.copy(), len(y)
     for k in range(int(steps)):
-        p = 0.5 * (1.0 + np.tanh(0.5 * (X @ path[k] + b)))
+        p = sigmoid(X @ path[k] + b)
         path[k + 1] = path[k] - lr * (Xt @ (p - y)) / n
     losses = np.concatenate([logreg_loss(path[i:i + 1000], X, y, b) for i in range(0, len(path), 1000)])
     return path, losses
@@ -1515,6 +1110,8 @@ def largest_stable_lr(X, y, lrs, steps=200, b=0.0):
               if np.all(np.diff(gd_path(X, y, np.zeros(np.shape(X)[1]), lr, steps, b)[1]) <= 1e-12)]
     return stable[-1] if stable else None
 
+
+# --- Notebook 02: the sigmoid's linear region --------------------------------------------------
 
 def r2_linear_fit(x, y, x_test=None, y_test=None):
     """How much of y a straight line (an affine map) of x explains: R^2 of a least-squares fit.
@@ -1580,6 +1177,131 @@ def sigmoid_linearity(z):
     return (float(r2), float(gap)) if z.ndim == 1 else (r2, gap)
 
 
+# --- Notebook 04: training vs inference, the running averages ----------------------------------
+
+def ewma(values, momentum, start=0.0):
+    """The running average BatchNorm keeps, after each of T steps (PyTorch's convention).
+
+    values: (T,) or (T, D), the batch statistic at steps 1..T; start: the initial running
+    value, a scalar or (D,) (BatchNorm starts running_mean at 0 and running_var at 1).
+        r_0 = start,   r_t = (1 - momentum) * r_{t-1} + momentum * values[t - 1]
+    momentum weights the NEW value (Keras's momentum k is 1 - momentum here). For a
+    constant value mu and start 0: r_k = (1 - (1 - momentum)^k) * mu.
+    Returns r_1..r_T, float64 of values' shape.
+    """
+    values = _as_float_array(values, "ewma", "values").astype(np.float64)
+    if values.ndim not in (1, 2):
+        raise ValueError(f"ewma: values must be (T,) or (T, D), one row a step; got shape {values.shape}.")
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"ewma: momentum must be in [0, 1] (the weight of the NEW value, PyTorch's "
+                         f"convention), got {momentum}. For Keras's momentum k pass 1 - k.")
+    out = np.empty_like(values)
+    r = np.broadcast_to(np.asarray(start, dtype=np.float64), values.shape[1:]).copy()
+    for t, v in enumerate(values):
+        r = (1 - momentum) * r + momentum * v
+        out[t] = r
+    return out
+
+
+def steps_to_reach(track, start, before, after, fraction=0.9):
+    """How many steps after a shift a running average needs to cover `fraction` of it.
+
+    track: (T,) running values (e.g. from ewma); the data shifted at index `start` from
+    level `before` to level `after`. Returns the smallest k >= 0 with
+        (track[start + k] - before) / (after - before) >= fraction,
+    or None if the track never gets there. k counts the step of the shift itself as 0.
+    """
+    track = np.asarray(track, dtype=np.float64)
+    if track.ndim != 1 or not 0 <= start < len(track):
+        raise ValueError(f"steps_to_reach: track must be 1-D and start an index into it; got "
+                         f"shape {track.shape} and start={start}.")
+    if after == before:
+        raise ValueError("steps_to_reach: before and after are equal: there is no shift to cover.")
+    covered = (track[start:] - before) / (after - before)
+    hits = np.flatnonzero(covered >= fraction)
+    return int(hits[0]) if hits.size else None
+
+
+def batch_means_with_shift(before, after, steps, shift_at, batch_size, seed=0):
+    """A stream of batch means through one shift in the data, and the true mean at each step.
+
+    before, after: (N,) one value per example before and after the data changes (the same
+    examples, e.g. a feature of each digit and of the same digit transformed). At step t a
+    batch of batch_size random indices i (with replacement, generator seed `seed`) gives
+        batch_means[t] = mean(before[i]) if t < shift_at else mean(after[i])
+        true_means[t]  = mean(before)    if t < shift_at else mean(after)
+    Returns (batch_means, true_means), each (steps,) float64; their difference is the
+    noise of one batch mean.
+    """
+    before, after = (np.asarray(a, dtype=np.float64) for a in (before, after))
+    if before.ndim != 1 or before.shape != after.shape or len(before) == 0:
+        raise ValueError(f"batch_means_with_shift: before and after must be (N,) with the same N, one "
+                         f"value per example; got shapes {before.shape} and {after.shape}.")
+    if not 0 < shift_at < steps or batch_size < 1:
+        raise ValueError(f"batch_means_with_shift: need 0 < shift_at < steps and batch_size >= 1; got "
+                         f"shift_at={shift_at}, steps={steps}, batch_size={batch_size}.")
+    idx = np.random.default_rng(seed).integers(0, len(before), size=(steps, batch_size))
+    shifted = np.arange(steps) >= shift_at
+    batch_means = np.where(shifted[:, None], after[idx], before[idx]).mean(axis=1)
+    true_means = np.where(shifted, after.mean(), before.mean())
+    return batch_means, true_means
+
+
+def ewma_lag_and_noise(batch_means, true_means, momentum, shift_at, fraction=0.9, settle=50):
+    """The two things a BN momentum trades, on a stream with one shift (batch_means_with_shift).
+
+    batch_means, true_means: (T,); the true mean jumps at index shift_at. The EWMA is
+    linear, so r = ewma(batch_means) = ewma(true_means) + ewma(noise), noise = batch_means - true_means:
+        lag   = steps_to_reach(r, shift_at, true_means[shift_at - 1], true_means[shift_at], fraction)
+        noise = std(ewma(noise, momentum)[settle:])   (the first steps skipped: it starts at 0)
+    Returns (lag, noise): lag an int (the step of the shift counts as 0) or None, noise a float.
+    """
+    batch_means, true_means = (np.asarray(a, dtype=np.float64) for a in (batch_means, true_means))
+    if batch_means.ndim != 1 or batch_means.shape != true_means.shape:
+        raise ValueError(f"ewma_lag_and_noise: batch_means and true_means must be (T,) with the same T; "
+                         f"got shapes {batch_means.shape} and {true_means.shape}.")
+    if not 0 < shift_at < len(true_means) or not 0 <= settle < len(true_means):
+        raise ValueError(f"ewma_lag_and_noise: shift_at must be in 1..T-1 and settle in 0..T-1 (T = "
+                         f"{len(true_means)}); got shift_at={shift_at}, settle={settle}.")
+    track = ewma(batch_means, momentum)
+    lag = steps_to_reach(track, shift_at, true_means[shift_at - 1], true_means[shift_at], fraction)
+    noise = ewma(batch_means - true_means, momentum)[settle:].std()
+    return lag, float(noise)
+
+
+# --- Notebook 06: why BN works, the evidence ---------------------------------------------------
+
+def x_hat_in_random_batches(x, index, batch_size, n_batches, eps=1e-5, seed=0):
+    """One example's normalized value when its batchmates are drawn at random.
+
+    x: (N,) one feature's values over a dataset; index: the example we follow. Each of
+    n_batches batches holds x[index] and batch_size - 1 batchmates drawn at random from the
+    other N - 1 values (with replacement, as train_model draws its batches). Over each batch
+    of m = batch_size values, with mu and var its mean and biased variance:
+        x_hat = (x[index] - mu) / sqrt(var + eps)
+    Returns (n_batches,) float64: the example's x_hat in each batch. Its spread is the noise
+    BN's batch statistics add to that example. For m = 2, x_hat = +-d / sqrt(d^2 + eps) with
+    d = (x[index] - mate) / 2: +-1 up to eps.
+    """
+    caller = "x_hat_in_random_batches"
+    x = _as_float_array(x, caller).astype(np.float64)
+    if x.ndim != 1 or len(x) < 2:
+        raise ValueError(f"{caller}: x must be 1-D (N,) with N >= 2, one feature over a dataset; "
+                         f"got shape {x.shape}. Pick a column, e.g. z[:, k].")
+    if int(index) != index or not 0 <= index < len(x):
+        raise ValueError(f"{caller}: index must be an integer in [0, {len(x)}), got {index!r}.")
+    if int(batch_size) != batch_size or batch_size < 2 or int(n_batches) != n_batches or n_batches < 1:
+        raise ValueError(f"{caller}: batch_size must be an integer >= 2 (a batch of one has no "
+                         f"spread) and n_batches >= 1; got {batch_size!r} and {n_batches!r}.")
+    _check_eps(eps, caller)
+    rng = np.random.default_rng(seed)
+    others = np.delete(x, int(index))
+    mates = others[rng.integers(0, len(others), size=(int(n_batches), int(batch_size) - 1))]
+    batch = np.concatenate([np.full((int(n_batches), 1), x[int(index)]), mates], axis=1)
+    mu = batch.mean(axis=1)
+    var = np.mean(np.square(batch - mu[:, None]), axis=1)
+    return (x[int(index)] - mu) / np.sqrt(var + eps)
+
 
 def loss_along_gradient(model, X, y, step_sizes):
     """The loss after one gradient step of each size: a slice through the loss landscape.
@@ -1619,12 +1341,15 @@ def loss_along_gradient(model, X, y, step_sizes):
     return losses
 
 
-# ---------------------------------------------------------------------------
-# 6. Plots and widgets
-# ---------------------------------------------------------------------------
+# ==============================================================================================
+# 7. Plots and widgets
+# Colours, figures and sliders: how the course draws, never what it computes.
+# ==============================================================================================
 
 # One colour for "with BN" and one for "without BN", across the whole course.
 BN_COLOR = "#1b9e77"
+
+
 PLAIN_COLOR = "#d95f02"
 
 
@@ -1726,8 +1451,12 @@ _BN_GRAPH_NODES = {
     "y": (11.6, -0.9, r"$y_i=\gamma\hat x_i+\beta$",
           r"$\partial/\partial\hat x_i=\gamma$" "\n" r"$\partial/\partial\gamma=\hat x_i,\ \partial/\partial\beta=1$"),
 }
+
+
 _BN_GRAPH_EDGES = [("x", "mu"), ("x", "xc"), ("mu", "xc"), ("xc", "var"), ("var", "std"), ("std", "inv"),
                    ("inv", "xhat"), ("xc", "xhat"), ("xhat", "y"), ("gb", "y")]
+
+
 # Where each node's local-derivative label goes, relative to its box (default: below).
 _BN_GRAPH_LABEL_SPOTS = {"mu": (0, 0.42, "center", "bottom"), "std": (0, 0.42, "center", "bottom"),
                          "var": (1.0, 0, "left", "center"), "inv": (0.1, -0.55, "left", "top")}
@@ -1758,3 +1487,423 @@ def plot_bn_graph(figsize=(11, 4.8)):
     ax.set_title("BN's forward graph for one neuron (local derivatives in grey); "
                  "backward runs the arrows in reverse")
     return fig
+
+
+# ==============================================================================================
+# 8. Exercise checks (the spoilers: each holds the answer to an exercise)
+# One check per exercise: its cases, a reference from PyTorch or a closed form, its named mistakes.
+# ==============================================================================================
+
+class CheckFailed(Exception):
+    """Raised inside a check to report what is wrong with a learner's answer."""
+
+
+def run_check(title, check):
+    """Run check() and print 'PASS' or what is wrong, never a bare traceback.
+
+    check: a function that raises CheckFailed (or AssertionError) with a
+    message for the learner. A NotImplementedError from the learner's stub
+    means "not done yet". Prints its verdict and returns it as a Verdict (true on pass).
+    """
+    try:
+        check()
+    except NotImplementedError:
+        print(f"{title}: not done yet. Replace the `raise NotImplementedError` line "
+              "with your code, run the cell, then run this check again.")
+        return Verdict(False)
+    except (CheckFailed, AssertionError) as exc:
+        print(f"{title}: not yet. {exc}")
+        return Verdict(False)
+    except Exception as exc:  # the learner's code crashed: say where, briefly
+        print(f"{title}: your code raised {type(exc).__name__}: {exc}")
+        return Verdict(False)
+    print(f"{title}: PASS")
+    return Verdict(True)
+
+
+def expect_array(name, got, want, tol=1e-8):
+    """Inside a check: raise CheckFailed saying how `got` differs from `want`."""
+    if got is None:
+        raise CheckFailed(f"{name} is None: did your function forget to `return` it?")
+    got = np.asarray(got)
+    want = np.asarray(want)
+    if got.shape != want.shape:
+        raise CheckFailed(f"{name} has shape {got.shape}, expected {want.shape}.")
+    err = np.abs(got.astype(np.float64) - want)
+    if not np.all(err < tol):
+        where = np.unravel_index(np.argmax(err), err.shape)
+        raise CheckFailed(f"{name} is off by up to {err.max():.3g} (at index {tuple(map(int, where))}: "
+                          f"got {got[where]:.6g}, expected {want[where]:.6g}).")
+
+
+def _conv_like_batch(shape, seed):
+    """float64 test activations whose channels (axis 1) have very different means and scales."""
+    rng = np.random.default_rng(seed)
+    c = shape[1]
+    shift = np.linspace(-4.0, 9.0, c).reshape(1, c, 1, 1)
+    scale = np.linspace(0.5, 3.0, c).reshape(1, c, 1, 1)
+    x = rng.standard_normal(shape) * scale + shift
+    return x, 1.0 + rng.random(c), rng.standard_normal(c), rng.standard_normal(shape)
+
+
+def _dense_like_batch(n, d, seed):
+    """float64 (n, d) activations whose columns have very different means and scales,
+    with gamma, beta (d,) and a random upstream gradient dout (n, d)."""
+    x, gamma, beta, dout = _conv_like_batch((n, d, 1, 1), seed)
+    return x[:, :, 0, 0].copy(), gamma, beta, dout[:, :, 0, 0].copy()
+
+
+def _fold_case(fan_in, fan_out, seed):
+    """float64 Linear + eval-mode BN parameters whose eps matters (some variances ~1e-3)."""
+    rng = np.random.default_rng(seed)
+    W = rng.standard_normal((fan_in, fan_out))
+    b, beta, mean = (rng.standard_normal(fan_out) for _ in range(3))
+    gamma = 0.5 + rng.random(fan_out)
+    var = np.where(np.arange(fan_out) % 2 == 0, 1e-3, 1.0) * (1 + rng.random(fan_out))
+    return W, b, gamma, beta, mean, var
+
+
+def check_standardize(standardize):
+    """Exercise check (notebook 01): standardize(X) -> (X_std, mu, sd) for X (N, D):
+    mu and sd (D,) are each column's mean and population standard deviation (1/N),
+    sd = 1 where a column is constant, X_std = (X - mu) / sd as float64; X is left unchanged.
+    Reference: torch.mean and torch.std(correction=0) on a float64 copy."""
+    import torch
+
+    rng = np.random.default_rng(11)
+    pixels = rng.integers(0, 256, size=(40, 3), dtype=np.uint8)            # integer input
+    awkward = np.stack([rng.normal(1e7, 1.0, 40),                          # far from zero
+                        np.full(40, 3.5),                                  # constant
+                        rng.exponential(50.0, 40)], axis=1)
+
+    def check():
+        for name, X in (("uint8 pixels (40, 3)", pixels), ("awkward columns (40, 3)", awkward),
+                        ("one column (40, 1)", awkward[:, 2:])):
+            before = X.copy()
+            got = standardize(X)
+            if not np.array_equal(X, before):
+                raise CheckFailed(f"{name}: your function changed X in place; work on a copy.")
+            if not isinstance(got, tuple) or len(got) != 3:
+                raise CheckFailed("return three things: (X_std, mu, sd).")
+            t = torch.tensor(X, dtype=torch.float64)
+            mu, sd = t.mean(dim=0).numpy(), t.std(dim=0, correction=0).numpy()
+            sd = np.where(sd == 0, 1.0, sd)
+            if np.ndim(got[1]) == 0:
+                raise CheckFailed("mu is one number: take one mean per column (axis=0).")
+            if np.allclose(got[2], np.where(sd == 1, 1, t.std(dim=0).numpy()), rtol=1e-6) and X.shape[1] > 1:
+                raise CheckFailed("sd is the sample std (1/(N-1)); use the population std (1/N), np.std's default.")
+            if np.any(np.isnan(np.asarray(got[0], dtype=np.float64))):
+                raise CheckFailed(f"{name}: X_std has NaN: a constant column has sd = 0; use sd = 1 there.")
+            expect_array(f"mu for {name}", got[1], mu, tol=1e-6)
+            expect_array(f"sd for {name}", got[2], sd, tol=1e-6 * sd.max())
+            expect_array(f"X_std for {name}", got[0], (X - mu) / sd, tol=1e-6)
+
+    return run_check("standardize", check)
+
+
+def check_line_fit_r2(line_fit_r2):
+    """Exercise check (notebook 02): line_fit_r2(z, s) -> R^2 (a float) of the least-squares
+    straight line s ~ a * z + b through the points (z_i, s_i), z and s of shape (N,):
+        R^2 = 1 - sum((s - a z - b)^2) / sum((s - mean(s))^2).
+    Reference: numpy.polyfit(z, s, 1) and the residuals of that line."""
+    rng = np.random.default_rng(2)
+    z_odd = np.sort(rng.uniform(-3.0, 7.0, size=13))
+    cases = {"a noisy line": (z_odd, 2.0 - 0.5 * z_odd + rng.normal(0, 0.8, 13)),
+             "a falling curve": (z_odd, np.exp(-0.4 * z_odd)),
+             "points far from 0": (z_odd + 40.0, np.tanh(z_odd / 3) + 5.0),
+             "an exact line": (np.array([1.0, 2.0, 4.0]), np.array([3.0, 1.0, -3.0]))}
+
+    def check():
+        for name, (z, s) in cases.items():
+            z_in, s_in = z.copy(), s.copy()
+            got = line_fit_r2(z_in, s_in)
+            if not (np.array_equal(z_in, z) and np.array_equal(s_in, s)):
+                raise CheckFailed("your function changed z or s in place; work on copies.")
+            if got is None or np.ndim(got) != 0:
+                raise CheckFailed(f"for {name} return one number, got {got!r}.")
+            a, b = np.polyfit(z, s, 1)
+            want = 1.0 - np.sum((s - a * z - b) ** 2) / np.sum((s - s.mean()) ** 2)
+            r = np.corrcoef(z, s)[0, 1]
+            if abs(got - r) < 1e-8 and abs(r - want) > 1e-6:
+                raise CheckFailed(f"for {name} you returned the correlation r = {r:.4f}; "
+                                  "R^2 of a straight-line fit is its square.")
+            if abs(float(got) - want) > 1e-8:
+                raise CheckFailed(f"for {name} (z from {z.min():.3g} to {z.max():.3g}) you got "
+                                  f"{float(got):.6f}, expected {want:.6f}. Does your line have an "
+                                  "intercept, and do you compare with the spread around mean(s)?")
+
+    return run_check("line_fit_r2", check)
+
+
+def check_batchnorm_forward(batchnorm_forward_fn):
+    """Exercise check (notebook 03): batchnorm_forward_fn(x, gamma, beta, eps) -> out,
+    x (N, D) -> out (N, D), training mode (batch mean, biased variance 1/m):
+        out = gamma * (x - mean(x)) / sqrt(var(x) + eps) + beta,  statistics per column.
+    Reference: torch.nn.functional.batch_norm(training=True)."""
+    import torch
+    import torch.nn.functional as F
+
+    def check():
+        for (n, d), eps in (((6, 4), 1e-5), ((2, 3), 1e-3), ((9, 5), 0.5)):
+            x, gamma, beta, _ = _dense_like_batch(n, d, seed=n + d)
+            x_before = x.copy()
+            got = batchnorm_forward_fn(x, gamma, beta, eps)
+            if not np.array_equal(x, x_before):
+                raise CheckFailed("your function changed its input x in place; work on a copy.")
+            want = F.batch_norm(torch.from_numpy(x), None, None, torch.from_numpy(gamma),
+                                torch.from_numpy(beta), training=True, eps=eps).numpy()
+            xc = x - x.mean(axis=0)
+            wrong = {"the unbiased variance (1/(m-1)); training-mode BN uses the biased one, 1/m":
+                     xc / np.sqrt(x.var(axis=0, ddof=1) + eps) * gamma + beta,
+                     "eps outside the square root; it goes inside: sqrt(var + eps)":
+                     xc / (x.std(axis=0) + eps) * gamma + beta,
+                     "no gamma and beta: the last step is out = gamma * x_hat + beta":
+                     xc / np.sqrt(x.var(axis=0) + eps)}
+            if got is not None and np.shape(got) == want.shape:
+                for mistake, value in wrong.items():
+                    if np.allclose(got, value, atol=1e-10) and not np.allclose(value, want):
+                        raise CheckFailed(f"you used {mistake}.")
+            expect_array(f"out for x of shape {x.shape}, eps={eps}", got, want, tol=1e-8)
+
+    return run_check("batchnorm_forward", check)
+
+
+def check_batchnorm_backward(batchnorm_backward_fn):
+    """Exercise check (notebook 03): batchnorm_backward_fn(dout, x, gamma, eps) ->
+    (dx, dgamma, dbeta), x and dout (N, D), dgamma and dbeta (D,), compact form:
+        dx = gamma * invstd / m * (m * dout - sum(dout) - x_hat * sum(dout * x_hat)).
+    Reference: PyTorch autograd through torch.nn.functional.batch_norm (training mode),
+    with a random upstream gradient (an all-ones one would hide the x_hat term)."""
+    import torch
+    import torch.nn.functional as F
+
+    def check():
+        for n, d in ((7, 3), (2, 4), (16, 5)):
+            x, gamma, beta, dout = _dense_like_batch(n, d, seed=10 * n + d)
+            xt, gt, bt = (torch.tensor(a, requires_grad=True) for a in (x, gamma, beta))
+            F.batch_norm(xt, None, None, gt, bt, training=True, eps=1e-5).backward(torch.from_numpy(dout))
+            got = batchnorm_backward_fn(dout.copy(), x.copy(), gamma.copy(), 1e-5)
+            if not isinstance(got, (tuple, list)) or len(got) != 3:
+                raise CheckFailed("return the three gradients as a tuple: (dx, dgamma, dbeta).")
+            dx, dgamma, dbeta = got
+            if dgamma is not None and dbeta is not None and np.shape(dgamma) == (d,) and \
+                    np.allclose(dgamma, bt.grad.numpy()) and np.allclose(dbeta, gt.grad.numpy()):
+                raise CheckFailed("dgamma and dbeta are swapped: return (dx, dgamma, dbeta).")
+            if dx is not None and np.shape(dx) == x.shape:
+                invstd = 1.0 / np.sqrt(x.var(axis=0) + 1e-5)
+                no_var_term = gamma * invstd * (dout - dout.mean(axis=0))
+                if np.allclose(dx, no_var_term, atol=1e-10):
+                    raise CheckFailed("dx misses the term - x_hat * sum(dout * x_hat): the path "
+                                      "through the variance. An all-ones dout would not notice.")
+                if not np.allclose(dx.sum(axis=0), 0, atol=1e-8):
+                    raise CheckFailed("each column of dx should sum to 0 (shifting a column of x "
+                                      "changes no output); yours does not: check the "
+                                      "- sum(dout) term, the path through the mean.")
+            for name, g, ref in zip(("dx", "dgamma", "dbeta"), got, (xt.grad, gt.grad, bt.grad)):
+                expect_array(f"{name} for x of shape {x.shape}", g, ref.numpy(), tol=1e-8)
+
+    return run_check("batchnorm_backward", check)
+
+
+def check_running_stats_update(update_running_stats):
+    """Exercise check (notebook 04): update_running_stats(running_mean, running_var, x, momentum)
+    -> (new_running_mean, new_running_var); x (N, D), running statistics (D,). PyTorch's
+    convention, momentum weighting the NEW batch statistic, the unbiased variance stored:
+        new_mean = (1 - momentum) * running_mean + momentum * mean(x)
+        new_var  = (1 - momentum) * running_var  + momentum * var(x) * N / (N - 1)
+    Reference: torch.nn.BatchNorm1d's running_mean and running_var over several steps."""
+    import torch
+
+    def check():
+        for n, d, momentum in ((3, 4, 0.3), (6, 2, 0.05)):
+            bn = torch.nn.BatchNorm1d(d, momentum=momentum, dtype=torch.float64)
+            rm, rv = np.zeros(d), np.ones(d)
+            for step in range(1, 5):
+                x, _, _, _ = _dense_like_batch(n, d, seed=100 + 10 * n + step)
+                x_before = x.copy()
+                got = update_running_stats(rm.copy(), rv.copy(), x, momentum)
+                if not np.array_equal(x, x_before):
+                    raise CheckFailed("your function changed its input x in place; work on a copy.")
+                if not isinstance(got, (tuple, list)) or len(got) != 2:
+                    raise CheckFailed("return the two new statistics as a tuple: (running_mean, running_var).")
+                bn(torch.from_numpy(x))
+                want_mean, want_var = bn.running_mean.numpy().copy(), bn.running_var.numpy().copy()
+                mu, var = x.mean(axis=0), x.var(axis=0)
+                new_mean, new_var = (np.asarray(g, dtype=np.float64) if g is not None else g for g in got)
+                if new_mean is not None and new_mean.shape == mu.shape and \
+                        np.allclose(new_mean, momentum * rm + (1 - momentum) * mu):
+                    raise CheckFailed("your momentum weights the OLD value (Keras's convention). In "
+                                      "PyTorch, momentum weights the NEW batch statistic: "
+                                      "(1 - momentum) * running + momentum * batch.")
+                mistakes = {"the biased batch variance (1/N); PyTorch stores the unbiased one, "
+                            "var * N / (N - 1), while it normalizes with the biased one":
+                            (1 - momentum) * rv + momentum * var,
+                            "the standard deviation instead of the variance":
+                            (1 - momentum) * rv + momentum * np.sqrt(var * n / (n - 1)),
+                            "momentum weighting the OLD variance (Keras's convention)":
+                            momentum * rv + (1 - momentum) * var * n / (n - 1)}
+                for mistake, value in mistakes.items():
+                    if new_var is not None and new_var.shape == value.shape and np.allclose(new_var, value):
+                        raise CheckFailed(f"running_var: you used {mistake}.")
+                where = f"after step {step} (x of shape {x.shape}, momentum={momentum})"
+                expect_array(f"running_mean {where}", got[0], want_mean, tol=1e-10)
+                expect_array(f"running_var {where}", got[1], want_var, tol=1e-10)
+                rm, rv = want_mean, want_var
+
+    return run_check("update_running_stats", check)
+
+
+def check_batchnorm_nhwc(batchnorm_nhwc):
+    """Exercise check (notebook 05): batchnorm_nhwc(x, gamma, beta, eps) for TensorFlow's
+    channels-last layout, x (N, H, W, C) -> out (N, H, W, C), statistics per channel
+    over N, H, W. Reference: torch.nn.functional.batch_norm on the (N, C, H, W) view."""
+    import torch
+    import torch.nn.functional as F
+
+    def check():
+        for shape, eps in (((3, 6, 5, 4), 1e-3), ((1, 7, 3, 2), 1e-5)):   # (N, C, H, W)
+            x_nchw, gamma, beta, _ = _conv_like_batch(shape, seed=shape[1])
+            x = np.ascontiguousarray(x_nchw.transpose(0, 2, 3, 1))         # (N, H, W, C)
+            x_before = x.copy()
+            got = batchnorm_nhwc(x, gamma, beta, eps)
+            if not np.array_equal(x, x_before):
+                raise CheckFailed("your function changed its input x in place; work on a copy.")
+            want = F.batch_norm(torch.from_numpy(x_nchw), None, None, torch.from_numpy(gamma),
+                                torch.from_numpy(beta), training=True, eps=eps)
+            want = want.permute(0, 2, 3, 1).numpy()
+            unbiased = (x - x.mean(axis=(0, 1, 2))) / np.sqrt(x.var(axis=(0, 1, 2), ddof=1) + eps)
+            if got is not None and np.shape(got) == want.shape and np.allclose(got, unbiased * gamma + beta):
+                raise CheckFailed("you normalized with the unbiased variance (1/(m-1)); "
+                                  "training-mode BN uses the biased one, 1/m.")
+            expect_array(f"out for x of shape {x.shape} (N, H, W, C), eps={eps}", got, want, tol=1e-8)
+
+    return run_check("batchnorm_nhwc", check)
+
+
+def check_spatial_batchnorm_backward(spatial_batchnorm_backward):
+    """Exercise check (notebook 05): spatial_batchnorm_backward(dout, x, gamma, beta, eps)
+    -> (dx, dgamma, dbeta) for x (N, C, H, W), dx of x's shape, dgamma and dbeta (C,).
+    Reference: PyTorch autograd through torch.nn.functional.batch_norm (training mode)."""
+    import torch
+    import torch.nn.functional as F
+
+    def check():
+        for shape in ((2, 3, 4, 5), (1, 4, 3, 3)):
+            x, gamma, beta, dout = _conv_like_batch(shape, seed=7 + shape[1])
+            xt, gt, bt = (torch.tensor(a, requires_grad=True) for a in (x, gamma, beta))
+            F.batch_norm(xt, None, None, gt, bt, training=True, eps=1e-5).backward(torch.from_numpy(dout))
+            got = spatial_batchnorm_backward(dout, x.copy(), gamma, beta, 1e-5)
+            if not isinstance(got, (tuple, list)) or len(got) != 3:
+                raise CheckFailed("return the three gradients as a tuple: (dx, dgamma, dbeta).")
+            for name, g, ref in zip(("dx", "dgamma", "dbeta"), got, (xt.grad, gt.grad, bt.grad)):
+                expect_array(f"{name} for x of shape {shape}", g, ref.numpy(), tol=1e-8)
+
+    return run_check("spatial_batchnorm_backward", check)
+
+
+def check_x_hat_of_example(x_hat_of_example):
+    """Exercise check (notebook 06): x_hat_of_example(value, batchmates, eps) -> float, the
+    normalized value of one example in the training-mode batch [value, *batchmates]:
+        x_hat = (value - mu) / sqrt(var + eps), mu and var (biased, 1/m) over all m values.
+    batchmates: (m - 1,). Reference: torch.nn.functional.batch_norm on the (m, 1) batch."""
+    import torch
+    import torch.nn.functional as F
+
+    def check():
+        rng = np.random.default_rng(6)
+        cases = [(3.0, np.array([1.0]), 1e-5), (-2.5, 40.0 + 7.0 * rng.standard_normal(5), 1e-5),
+                 (0.75, rng.random(63), 0.1), (100.0, 90.0 + rng.standard_normal(3), 1e-3)]
+        for value, mates, eps in cases:
+            batch = np.concatenate([[value], mates])
+            want = F.batch_norm(torch.from_numpy(batch[:, None]), None, None, training=True,
+                                eps=eps)[0, 0].item()
+            got = x_hat_of_example(value, mates.copy(), eps)
+            if got is None:
+                raise CheckFailed("your function returned None: did it forget to `return`?")
+            if np.size(got) != 1:
+                raise CheckFailed(f"return one number (this example's x_hat), got shape {np.shape(got)}.")
+            got = float(np.asarray(got).ravel()[0])
+            m = len(batch)
+            wrong = {"the batchmates' statistics without the example itself; mu and var are over "
+                     "the whole batch, the example included":
+                     (value - mates.mean()) / np.sqrt(mates.var() + eps),
+                     "the unbiased variance (1/(m-1)); training-mode BN uses the biased one, 1/m":
+                     (value - batch.mean()) / np.sqrt(batch.var(ddof=1) + eps),
+                     "eps outside the square root; it goes inside: sqrt(var + eps)":
+                     (value - batch.mean()) / (batch.std() + eps)}
+            for mistake, bad in wrong.items():
+                if abs(got - bad) < 1e-9 and abs(bad - want) > 1e-6:
+                    raise CheckFailed(f"for a batch of {m} you used {mistake}.")
+            if abs(got - want) > 1e-8:
+                raise CheckFailed(f"for value={value} with {m - 1} batchmates (eps={eps}) you got "
+                                  f"{got:.6f}, expected {want:.6f}.")
+
+    return run_check("x_hat_of_example", check)
+
+
+def check_fold_linear_bn(fold_linear_bn):
+    """Exercise check (notebook 07): fold_linear_bn(W, b, gamma, beta, mean, var, eps)
+    -> (W_folded, b_folded) for W (fan_in, fan_out), b and the BN arrays (fan_out,).
+    Reference: torch.nn.utils.fusion.fuse_linear_bn_eval on the same torch layers."""
+    import torch
+    from torch.nn.utils.fusion import fuse_linear_bn_eval
+
+    def check():
+        for fan_in, fan_out, eps in ((5, 3, 1e-3), (2, 6, 1e-5)):
+            W, b, gamma, beta, mean, var = _fold_case(fan_in, fan_out, seed=fan_in * fan_out)
+            linear = torch.nn.Linear(fan_in, fan_out).double().eval()
+            bn = torch.nn.BatchNorm1d(fan_out, eps=eps).double().eval()
+            with torch.no_grad():
+                linear.weight.copy_(torch.from_numpy(W.T))
+                for t, a in ((linear.bias, b), (bn.weight, gamma), (bn.bias, beta),
+                             (bn.running_mean, mean), (bn.running_var, var)):
+                    t.copy_(torch.from_numpy(a))
+            fused = fuse_linear_bn_eval(linear, bn)
+            W_ref, b_ref = fused.weight.detach().numpy().T, fused.bias.detach().numpy()
+            got = fold_linear_bn(W.copy(), b.copy(), gamma, beta, mean, var, eps)
+            if not isinstance(got, (tuple, list)) or len(got) != 2:
+                raise CheckFailed("return two arrays as a tuple: (W_folded, b_folded).")
+            W_got, b_got = got
+            scale0 = gamma / np.sqrt(var)
+            if np.shape(W_got) == W.shape and np.allclose(W_got, W * scale0):
+                raise CheckFailed("W_folded ignores eps: divide by sqrt(var + eps), as BN does.")
+            if np.shape(W_got) == W.shape and np.allclose(W_got, W * gamma / (var + eps)):
+                raise CheckFailed("W_folded divides by var + eps; BN divides by its square root.")
+            expect_array(f"W_folded for W of shape {W.shape}, eps={eps}", W_got, W_ref, tol=1e-10)
+            if np.shape(b_got) == b.shape and np.allclose(b_got, b * gamma / np.sqrt(var + eps) + beta):
+                raise CheckFailed("b_folded forgets the running mean: it is (b - mean) * scale + beta.")
+            expect_array(f"b_folded for fan_out={fan_out}, eps={eps}", b_got, b_ref, tol=1e-10)
+
+    return run_check("fold_linear_bn", check)
+
+
+def check_groupnorm_rows(groupnorm_rows):
+    """Exercise check (notebook 07): groupnorm_rows(x, gamma, beta, num_groups, eps) for
+    x (N, D) -> out (N, D); each row's D features split into num_groups consecutive groups.
+    Reference: torch.nn.functional.group_norm on x seen as (N, D, 1)."""
+    import torch
+    import torch.nn.functional as F
+
+    def check():
+        for n, d, groups, eps in ((4, 12, 3, 1e-5), (1, 10, 5, 1e-3), (6, 8, 1, 1e-5)):
+            rng = np.random.default_rng(d + groups)
+            x = rng.standard_normal((n, d)) * np.linspace(0.5, 4, d) + np.linspace(-3, 6, d)
+            gamma, beta = 1 + rng.random(d), rng.standard_normal(d)
+            x_before = x.copy()
+            got = groupnorm_rows(x, gamma, beta, groups, eps)
+            if not np.array_equal(x, x_before):
+                raise CheckFailed("your function changed its input x in place; work on a copy.")
+            want = F.group_norm(torch.from_numpy(x)[:, :, None], groups, torch.from_numpy(gamma),
+                                torch.from_numpy(beta), eps=eps)[:, :, 0].numpy()
+            if got is not None and np.shape(got) == want.shape and groups > 1:
+                strided = x.reshape(n, d // groups, groups)
+                xs = (strided - strided.mean(axis=1, keepdims=True)) / np.sqrt(strided.var(axis=1, keepdims=True) + eps)
+                if np.allclose(got, xs.reshape(n, d) * gamma + beta):
+                    raise CheckFailed("your groups take every G-th feature; a group is "
+                                      "D / G CONSECUTIVE features: reshape to (N, G, D // G).")
+            if got is not None and n > 1 and np.allclose(got, (x - x.mean(0)) / np.sqrt(x.var(0) + eps) * gamma + beta):
+                raise CheckFailed("you normalized each column over the batch: that is BatchNorm. "
+                                  "GroupNorm takes statistics over each ROW's group of features.")
+            expect_array(f"out for x {x.shape}, num_groups={groups}, eps={eps}", got, want, tol=1e-8)
+
+    return run_check("groupnorm_rows", check)

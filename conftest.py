@@ -4,7 +4,8 @@
    nbval starts print the numbers stored in the notebooks on any x86_64 machine, AVX-512 or not.
 2. Mark the slow families, so contributors have a fast loop:
        .venv/bin/python -m pytest -m "not notebooks and not browser"
-   `notebooks`: every notebook executed under strict nbval; `browser`: JupyterLab in Chromium.
+   `notebooks`: every notebook executed (strict nbval, and the student edition's run);
+   `browser`: JupyterLab in Chromium.
 """
 import importlib.util
 from pathlib import Path
@@ -21,7 +22,7 @@ _pinned.apply()
 def pytest_collection_modifyitems(items):
     for item in items:
         path = Path(str(item.path))
-        if path.suffix == ".ipynb":
+        if path.suffix == ".ipynb" or path.name == "test_student_edition.py":
             item.add_marker(pytest.mark.notebooks)
         elif path.name == "test_browser.py":
             item.add_marker(pytest.mark.browser)
