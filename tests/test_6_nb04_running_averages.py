@@ -1,23 +1,13 @@
-"""Running averages (bnlib.ewma, bnlib.steps_to_reach) and notebook 04's self-check
-(bnlib.check_running_stats_update). References: torch.nn.BatchNorm1d, closed forms."""
+"""bnlib section 6, notebook 04's block: running averages (ewma, steps_to_reach) and the
+noise and lag of a running mean after a shift in the data (batch_means_with_shift,
+ewma_lag_and_noise). References: torch.nn.BatchNorm1d, closed forms."""
 import math
 
 import numpy as np
 import pytest
-import torch
 
 import bnlib
-
-
-def torch_running_stats_per_step(batches, momentum):
-    """running_mean and running_var of torch.nn.BatchNorm1d after each training step."""
-    bn = torch.nn.BatchNorm1d(batches.shape[2], momentum=momentum, dtype=torch.float64)
-    means, variances = [], []
-    for x in batches:
-        bn(torch.from_numpy(x))
-        means.append(bn.running_mean.numpy().copy())
-        variances.append(bn.running_var.numpy().copy())
-    return np.array(means), np.array(variances)
+from torch_reference import torch_running_stats_per_step
 
 
 def random_batches(steps=20, m=8, d=3, seed=0):
@@ -80,57 +70,6 @@ def test_steps_to_reach_is_none_when_the_track_never_gets_there():
 def test_steps_to_reach_rejects_a_start_outside_the_track():
     with pytest.raises(ValueError, match="start"):
         bnlib.steps_to_reach(np.zeros(5), 5, 0.0, 1.0)
-
-
-def right_update(running_mean, running_var, x, momentum):
-    """Written with torch's functional batch_norm, independent of bnlib."""
-    rm, rv = torch.from_numpy(running_mean.copy()), torch.from_numpy(running_var.copy())
-    torch.nn.functional.batch_norm(torch.from_numpy(x), rm, rv, training=True, momentum=momentum)
-    return rm.numpy(), rv.numpy()
-
-
-def keras_convention(running_mean, running_var, x, momentum):
-    return (momentum * running_mean + (1 - momentum) * x.mean(axis=0),
-            momentum * running_var + (1 - momentum) * x.var(axis=0, ddof=1))
-
-
-def biased_variance(running_mean, running_var, x, momentum):
-    return ((1 - momentum) * running_mean + momentum * x.mean(axis=0),
-            (1 - momentum) * running_var + momentum * x.var(axis=0))
-
-
-def report(capsys, fn):
-    ok = bnlib.check_running_stats_update(fn)
-    return ok, capsys.readouterr().out
-
-
-def test_running_stats_check_passes_a_right_update(capsys):
-    ok, out = report(capsys, right_update)
-    assert ok and "PASS" in out
-
-
-def test_running_stats_check_names_the_keras_convention(capsys):
-    ok, out = report(capsys, keras_convention)
-    assert not ok and "OLD value" in out
-
-
-def test_running_stats_check_names_the_biased_variance(capsys):
-    ok, out = report(capsys, biased_variance)
-    assert not ok and "biased batch variance" in out
-
-
-def test_running_stats_check_says_not_done_yet_for_the_stub(capsys):
-    def stub(running_mean, running_var, x, momentum):
-        raise NotImplementedError
-    ok, out = report(capsys, stub)
-    assert not ok and "not done yet" in out
-
-
-def test_running_stats_check_reports_a_missing_return(capsys):
-    def no_return(running_mean, running_var, x, momentum):
-        running_mean += momentum * x.mean(axis=0)
-    ok, out = report(capsys, no_return)
-    assert not ok and "tuple" in out
 
 
 def test_batch_means_with_shift_of_constant_values_have_no_noise():

@@ -1,11 +1,12 @@
-"""Notebook 01's bnlib functions: two MNIST features, logistic regression's loss, gradient,
-Hessian and minimum, gradient-descent paths, and the standardize exercise check.
+"""bnlib section 6, notebook 01's block: two MNIST features, logistic regression's loss,
+gradient, Hessian and minimum, gradient-descent paths.
 References: PyTorch (autograd, BCEWithLogits, SGD), finite differences, closed forms."""
 import numpy as np
 import pytest
 import torch
 
 import bnlib
+from torch_reference import torch_logreg_loss
 
 
 def two_feature_problem(seed=0, n=60):
@@ -14,11 +15,6 @@ def two_feature_problem(seed=0, n=60):
     X = np.stack([rng.normal(100, 40, n), rng.normal(13, 5, n)], axis=1)
     y = (X[:, 0] / 40 - X[:, 1] / 5 + rng.normal(0, 1, n) > 100 / 40 - 13 / 5).astype(np.float64)
     return X, y
-
-
-def torch_loss(w, X, y, b):
-    z = torch.as_tensor(X) @ w + b
-    return torch.nn.functional.binary_cross_entropy_with_logits(z, torch.as_tensor(y))
 
 
 # --- features ---------------------------------------------------------------
@@ -53,7 +49,7 @@ def test_ink_and_width_rejects_images_that_are_not_flattened():
 def test_logreg_loss_matches_torch_bce_with_logits():
     X, y = two_feature_problem()
     w, b = np.array([0.03, -0.2]), 0.4
-    want = torch_loss(torch.tensor(w), X, y, b).item()
+    want = torch_logreg_loss(torch.tensor(w), X, y, b).item()
     assert bnlib.logreg_loss(w, X, y, b) == pytest.approx(want, rel=1e-12)
 
 
@@ -62,7 +58,7 @@ def test_logreg_loss_on_a_grid_of_weights_matches_one_at_a_time():
     W = np.stack(np.meshgrid(np.linspace(-0.1, 0.1, 4), np.linspace(-1, 1, 3)), axis=-1)   # (3, 4, 2)
     grid = bnlib.logreg_loss(W, X, y, 0.5)
     assert grid.shape == (3, 4)
-    assert grid[2, 1] == pytest.approx(torch_loss(torch.tensor(W[2, 1]), X, y, 0.5).item(), rel=1e-12)
+    assert grid[2, 1] == pytest.approx(torch_logreg_loss(torch.tensor(W[2, 1]), X, y, 0.5).item(), rel=1e-12)
 
 
 def test_logreg_loss_does_not_overflow_for_huge_logits():
@@ -73,7 +69,7 @@ def test_logreg_loss_does_not_overflow_for_huge_logits():
 def test_logreg_grad_matches_torch_autograd():
     X, y = two_feature_problem()
     w = torch.tensor([0.02, -0.1], dtype=torch.float64, requires_grad=True)
-    torch_loss(w, X, y, -1.0).backward()
+    torch_logreg_loss(w, X, y, -1.0).backward()
     got = bnlib.logreg_grad(w.detach().numpy(), X, y, -1.0)
     assert bnlib.rel_error(got, w.grad.numpy()) < 1e-12
 
@@ -88,7 +84,8 @@ def test_logreg_grad_matches_finite_differences():
 def test_logreg_hessian_matches_torch_autograd_hessian():
     X, y = two_feature_problem()
     w = np.array([0.02, -0.1])
-    want = torch.autograd.functional.hessian(lambda v: torch_loss(v, X, y, -1.0), torch.tensor(w)).numpy()
+    want = torch.autograd.functional.hessian(lambda v: torch_logreg_loss(v, X, y, -1.0),
+                                             torch.tensor(w)).numpy()
     assert bnlib.rel_error(bnlib.logreg_hessian(w, X, y, -1.0), want) < 1e-10
 
 
@@ -96,7 +93,7 @@ def test_hessian_condition_number_matches_numpy_cond_of_torch_hessian():
     X, y = two_feature_problem()
     w = np.array([0.02, -0.1])
     lam = np.linalg.eigvalsh(bnlib.logreg_hessian(w, X, y, -1.0))
-    H_torch = torch.autograd.functional.hessian(lambda v: torch_loss(v, X, y, -1.0), torch.tensor(w))
+    H_torch = torch.autograd.functional.hessian(lambda v: torch_logreg_loss(v, X, y, -1.0), torch.tensor(w))
     assert lam[-1] / lam[0] == pytest.approx(np.linalg.cond(H_torch.numpy()), rel=1e-8)
     assert lam[-1] / lam[0] > 50             # different scales: an ill-conditioned problem
 
@@ -120,7 +117,7 @@ def test_fit_logreg_reaches_a_point_where_torch_gradient_vanishes():
     w, b = bnlib.fit_logreg(X, y)
     wt = torch.tensor(w, requires_grad=True)
     bt = torch.tensor(b, dtype=torch.float64, requires_grad=True)
-    torch_loss(wt, X, y, bt).backward()
+    torch_logreg_loss(wt, X, y, bt).backward()
     assert max(wt.grad.abs().max().item(), abs(bt.grad.item())) < 1e-10
 
 
@@ -140,13 +137,13 @@ def test_gd_path_takes_the_same_steps_as_torch_sgd():
     want = [w.detach().clone().numpy()]
     for _ in range(5):
         opt.zero_grad()
-        torch_loss(w, X, y, 0.3).backward()
+        torch_logreg_loss(w, X, y, 0.3).backward()
         opt.step()
         want.append(w.detach().clone().numpy())
     path, losses = bnlib.gd_path(X, y, np.zeros(2), 1e-3, 5, b=0.3)
     assert path.shape == (6, 2) and losses.shape == (6,)
     assert np.allclose(path, np.array(want), rtol=1e-12, atol=1e-15)
-    assert losses[3] == pytest.approx(torch_loss(torch.tensor(path[3]), X, y, 0.3).item(), rel=1e-12)
+    assert losses[3] == pytest.approx(torch_logreg_loss(torch.tensor(path[3]), X, y, 0.3).item(), rel=1e-12)
 
 
 def test_gd_path_rejects_a_negative_learning_rate():
@@ -169,54 +166,3 @@ def test_largest_stable_lr_sits_just_below_two_over_lambda_max():
     lam_max = np.linalg.eigvalsh(X.T @ X / (4 * len(y)))[-1]
     lrs = 2 / lam_max * np.array([0.3, 0.9, 1.3, 2.0])
     assert bnlib.largest_stable_lr(X, y, lrs, steps=100) == pytest.approx(lrs[1])
-
-
-# --- the exercise check ------------------------------------------------------
-
-def right_standardize(X):
-    X = np.asarray(X, dtype=np.float64)
-    mu, sd = X.mean(axis=0), X.std(axis=0)
-    sd = np.where(sd == 0, 1.0, sd)
-    return (X - mu) / sd, mu, sd
-
-
-def test_check_standardize_passes_a_right_answer(capsys):
-    bnlib.check_standardize(right_standardize)
-    assert "PASS" in capsys.readouterr().out
-
-
-def test_check_standardize_reports_the_sample_std(capsys):
-    def sample_std(X):
-        X = np.asarray(X, dtype=np.float64)
-        mu, sd = X.mean(axis=0), X.std(axis=0, ddof=1)
-        sd = np.where(sd == 0, 1.0, sd)
-        return (X - mu) / sd, mu, sd
-    bnlib.check_standardize(sample_std)
-    out = capsys.readouterr().out
-    assert "not yet" in out and "1/(N-1)" in out
-
-
-def test_check_standardize_reports_nan_from_a_constant_column(capsys):
-    def no_guard(X):
-        X = np.asarray(X, dtype=np.float64)
-        return (X - X.mean(axis=0)) / X.std(axis=0), X.mean(axis=0), X.std(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        bnlib.check_standardize(no_guard)
-    out = capsys.readouterr().out
-    assert "not yet" in out and "constant column" in out
-
-
-def test_check_standardize_reports_one_global_mean(capsys):
-    def global_stats(X):
-        X = np.asarray(X, dtype=np.float64)
-        return (X - X.mean()) / X.std(), X.mean(), X.std()
-    bnlib.check_standardize(global_stats)
-    out = capsys.readouterr().out
-    assert "not yet" in out and "per column" in out
-
-
-def test_check_standardize_says_not_done_yet_for_the_stub(capsys):
-    def stub(X):
-        raise NotImplementedError
-    bnlib.check_standardize(stub)
-    assert "not done yet" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Tests for notebook 02's bnlib functions: sigmoid_linearity, r2_linear_fit, check_line_fit_r2.
+"""bnlib section 6, notebook 02's block: sigmoid_linearity and r2_linear_fit.
 
 References come from outside bnlib: numpy.polyfit / numpy.linalg.lstsq fits, torch.sigmoid,
 and values computed by hand with math.exp.
@@ -7,19 +7,15 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 import bnlib
+from torch_reference import torch_sigmoid
 
 
 def polyfit_r2(z, s):
     """R^2 of numpy.polyfit's straight line through (z, s)."""
     a, b = np.polyfit(z, s, 1)
     return 1.0 - np.sum((s - a * z - b) ** 2) / np.sum((s - s.mean()) ** 2)
-
-
-def torch_sigmoid(z):
-    return torch.sigmoid(torch.from_numpy(np.asarray(z, dtype=np.float64))).numpy()
 
 
 def test_sigmoid_linearity_r2_matches_polyfit_on_the_classic_points():
@@ -107,33 +103,3 @@ def test_r2_linear_fit_rejects_mismatched_rows():
 def test_r2_linear_fit_rejects_constant_targets():
     with pytest.raises(ValueError, match="constant"):
         bnlib.r2_linear_fit(np.arange(5.0), np.ones(5))
-
-
-def test_check_line_fit_r2_passes_a_right_answer(capsys):
-    def line_fit_r2(z, s):
-        a, b = np.polyfit(z, s, 1)
-        return 1 - np.sum((s - a * z - b) ** 2) / np.sum((s - s.mean()) ** 2)
-    bnlib.check_line_fit_r2(line_fit_r2)
-    assert capsys.readouterr().out.strip() == "line_fit_r2: PASS"
-
-
-def test_check_line_fit_r2_reports_returning_the_correlation(capsys):
-    bnlib.check_line_fit_r2(lambda z, s: np.corrcoef(z, s)[0, 1])
-    out = capsys.readouterr().out
-    assert "not yet" in out and "correlation" in out
-
-
-def test_check_line_fit_r2_reports_a_line_through_the_origin(capsys):
-    def through_origin(z, s):
-        a = np.sum(z * s) / np.sum(z * z)
-        return 1 - np.sum((s - a * z) ** 2) / np.sum((s - s.mean()) ** 2)
-    bnlib.check_line_fit_r2(through_origin)
-    out = capsys.readouterr().out
-    assert "not yet" in out and "intercept" in out
-
-
-def test_check_line_fit_r2_says_not_done_for_the_stub(capsys):
-    def stub(z, s):
-        raise NotImplementedError
-    bnlib.check_line_fit_r2(stub)
-    assert "not done yet" in capsys.readouterr().out

@@ -1,0 +1,162 @@
+"""bnlib section 7, plots and widgets: LiveFigure (a slider's redraw by blitting shows what a
+full redraw shows, and blits instead of drawing everything) and plot_bn_graph (the
+computational graph of Algorithm 1 of Ioffe & Szegedy, 2015, arXiv 1502.03167, for one
+neuron, drawn as boxes and arrows)."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import bnlib  # noqa: E402
+
+
+# --- LiveFigure ------------------------------------------------------------------------------
+
+def _figure():
+    fig, ax = plt.subplots(figsize=(5, 3), layout="constrained")
+    x = np.linspace(0, 1, 200)
+    ax.plot(x, x ** 2, color="0.6", label="fixed")
+    (line,) = ax.plot(x, x, color=bnlib.BN_COLOR, label="moves")
+    ax.set(ylim=(0, 2), title="a title")
+    ax.legend(loc="upper left")
+    return fig, line, x
+
+
+def _pixels(fig):
+    return np.asarray(fig.canvas.buffer_rgba()).copy()
+
+
+def test_blitted_redraw_equals_a_full_redraw():
+    fig, line, x = _figure()
+    live = bnlib.LiveFigure(fig, [line])
+    live.redraw()                                  # first call: a full draw saves the background
+    for k in range(1, 4):
+        line.set_ydata(x * (1 + 0.3 * k))
+        live.redraw()
+        blitted = _pixels(fig)
+        live.redraw(full=True)
+        assert np.array_equal(blitted, _pixels(fig)), f"step {k}: blit and full draw differ"
+    plt.close(fig)
+
+
+def test_redraw_shows_the_change_and_the_old_state_leaves_no_trace():
+    fig, line, x = _figure()
+    live = bnlib.LiveFigure(fig, [line])
+    live.redraw()
+    start = _pixels(fig)
+    line.set_ydata(1.5 - x)
+    live.redraw()
+    assert (start != _pixels(fig)).any(axis=2).sum() > 100
+    line.set_ydata(x)                             # back to the start: the same picture
+    live.redraw()
+    assert np.array_equal(start, _pixels(fig))
+    plt.close(fig)
+
+
+def test_follow_switches_the_moving_artist_and_keeps_the_picture_right():
+    fig, line, x = _figure()
+    other = fig.axes[0].lines[0]                  # the "fixed" curve
+    live = bnlib.LiveFigure(fig, [line])
+    live.redraw()
+    live.follow([other])
+    assert live.background is None and other.get_animated() and not line.get_animated()
+    live.redraw()                                 # full: the new background holds `line`
+    other.set_ydata(1.8 - x)
+    live.redraw()
+    blitted = _pixels(fig)
+    live.redraw(full=True)
+    assert np.array_equal(blitted, _pixels(fig))
+    plt.close(fig)
+
+
+@pytest.fixture
+def drawn_live_figure(monkeypatch):
+    """A LiveFigure after its first full draw, with its canvas's blit, restore_region and
+    draw_idle counted (each still does its work)."""
+    fig, line, x = _figure()
+    live = bnlib.LiveFigure(fig, [line])
+    live.redraw()                                 # the first full draw saves the background
+    assert live.background is not None
+    calls = {"blit": 0, "restore_region": 0, "draw_idle": 0}
+    for name in calls:
+        method = getattr(fig.canvas, name)
+
+        def counted(*args, _name=name, _method=method, **kwargs):
+            calls[_name] += 1
+            return _method(*args, **kwargs)
+        monkeypatch.setattr(fig.canvas, name, counted)
+    yield live, line, x, calls
+    plt.close(fig)
+
+
+def test_redraw_after_the_first_full_draw_blits_instead_of_drawing_everything(drawn_live_figure):
+    live, line, x, calls = drawn_live_figure
+    line.set_ydata(1.5 - x)
+    live.redraw()
+    assert calls == {"blit": 1, "restore_region": 1, "draw_idle": 0}
+
+
+def test_redraw_full_asks_for_a_full_draw(drawn_live_figure):
+    live, line, x, calls = drawn_live_figure
+    live.redraw(full=True)
+    assert calls["draw_idle"] == 1 and calls["blit"] == 0
+
+
+# --- plot_bn_graph ---------------------------------------------------------------------------
+
+# Algorithm 1's forward steps, as written in the paper: each must appear as one box.
+ALGORITHM_1_NODES = [r"$x_i$", r"$\mu=\frac{1}{m}\sum_i x_i$", r"$x_{c,i}=x_i-\mu$",
+                     r"$\sigma^2=\frac{1}{m}\sum_i x_{c,i}^2$", r"$s=\sqrt{\sigma^2+\epsilon}$",
+                     r"$\mathrm{invstd}=1/s$", r"$\hat x_i=x_{c,i}\,\mathrm{invstd}$",
+                     r"$\gamma,\ \beta$", r"$y_i=\gamma\hat x_i+\beta$"]
+
+# Algorithm 1's data flow, (from, to), each step's inputs written out from its formula:
+# x feeds mu and x_c; mu feeds x_c; x_c feeds var and x_hat; var -> s -> invstd -> x_hat;
+# x_hat and (gamma, beta) feed y.
+X, MU, XC, VAR, S, INVSTD, XHAT, GAMMA_BETA, Y = ALGORITHM_1_NODES
+ALGORITHM_1_EDGES = {(X, MU), (X, XC), (MU, XC), (XC, VAR), (VAR, S), (S, INVSTD),
+                     (INVSTD, XHAT), (XC, XHAT), (XHAT, Y), (GAMMA_BETA, Y)}
+
+
+@pytest.fixture
+def fig():
+    figure = bnlib.plot_bn_graph()
+    yield figure
+    plt.close(figure)
+
+
+def boxed_texts(figure):
+    return [t.get_text() for t in figure.axes[0].texts if t.get_bbox_patch() is not None]
+
+
+def arrows(figure):
+    return [a for a in figure.axes[0].texts if isinstance(a, matplotlib.text.Annotation)]
+
+
+def test_plot_bn_graph_returns_one_figure_with_one_axes(fig):
+    assert isinstance(fig, matplotlib.figure.Figure)
+    assert len(fig.axes) == 1
+
+
+def test_plot_bn_graph_draws_one_box_per_step_of_algorithm_1(fig):
+    assert sorted(boxed_texts(fig)) == sorted(ALGORITHM_1_NODES)
+
+
+def test_plot_bn_graph_draws_the_ten_forward_edges(fig):
+    # x feeds mu and x_c; mu feeds x_c; x_c feeds var and x_hat; var -> s -> invstd -> x_hat;
+    # x_hat and (gamma, beta) feed y: 10 arrows.
+    assert len(arrows(fig)) == 10
+
+
+def test_plot_bn_graph_arrows_go_from_each_input_box_to_the_box_it_feeds(fig):
+    # an arrow is an Annotation drawn from the box textcoords names to the box xycoords names
+    drawn = [(a.anncoords.get_text(), a.xycoords.get_text()) for a in arrows(fig)]
+    assert sorted(drawn) == sorted(ALGORITHM_1_EDGES)      # each edge once, no other arrow
+
+
+def test_plot_bn_graph_labels_local_derivatives(fig):
+    texts = " ".join(t.get_text() for t in fig.axes[0].texts)
+    for local in (r"1/m", r"1/(2s)", r"-1/s^2", r"2x_{c,i}/m"):
+        assert local in texts
