@@ -199,6 +199,9 @@ def batchnorm_inference(x, gamma, beta, mean, var, eps=1e-5):
     shape = (1, x.shape[1], 1, 1) if x.ndim == 4 else pshape
     gamma, beta, mean, var = (_param(p, name, x, caller).reshape(shape) for p, name in
                               ((gamma, "gamma"), (beta, "beta"), (mean, "mean"), (var, "var")))
+    if np.any(var < 0):
+        raise ValueError(f"{caller}: var has negative entries; a variance is >= 0: pass the "
+                         "running variance itself.")
     return gamma * (x - mean) / np.sqrt(var + eps) + beta
 
 
@@ -229,6 +232,9 @@ def groupnorm_forward(x, gamma, beta, num_groups, eps=1e-5):
     """
     caller = "groupnorm_forward"
     x = _as_float_array(x, caller)
+    _refuse_half(x, caller)
+    if x.size == 0:
+        raise ValueError(f"{caller}: x is empty (shape {x.shape}); pass at least one example.")
     _channel_view(x, caller)                     # shape check: 2-D or 4-D
     _check_eps(eps, caller)
     channels = x.shape[1]
@@ -340,6 +346,13 @@ def _as_float_array(x, caller, name="x"):
     return x
 
 
+def _refuse_half(x, caller):
+    if x.dtype == np.float16:
+        raise TypeError(f"{caller}: x is float16. Its squares overflow float16 (largest value 65504) "
+                        "once values spread beyond ~256, and var becomes inf. Normalize in float32: "
+                        "x.astype(np.float32), as PyTorch's mixed precision keeps BN in float32.")
+
+
 def _channel_view(x, caller):
     """x seen as (N, D), or (N, C, H*W) for (N, C, H, W) (a view, no copy).
 
@@ -385,6 +398,7 @@ def _bn_inputs(x, gamma, beta, eps, caller):
     """Checked inputs of a training-mode BN: (x, view, axes, gamma, beta), the parameters
     shaped to broadcast against the (N, D) or (N, C, H*W) view."""
     x = _as_float_array(x, caller)
+    _refuse_half(x, caller)
     view, axes, pshape = _channel_view(x, caller)
     if x.shape[1] == 0 or x.size == 0:
         raise ValueError(f"{caller}: x is empty (shape {x.shape}); a batch needs at least "
@@ -780,8 +794,14 @@ class MLP:
 def softmax_cross_entropy(logits, y):
     """Mean cross-entropy of softmax(logits) against integer labels y.
 
-    logits: (N, K), y: (N,). Returns (loss, dlogits), dlogits = (softmax - onehot) / N.
+    logits: (N, K), y: (N,) integers in 0..K-1. Returns (loss, dlogits),
+    dlogits = (softmax - onehot) / N.
     """
+    logits = _as_float_array(logits, "softmax_cross_entropy", "logits")
+    if logits.ndim != 2 or logits.shape[1] < 1:
+        raise ValueError(f"softmax_cross_entropy: logits must be (N, K), one row of class scores "
+                         f"an example; got shape {logits.shape}.")
+    y = _labels(y, len(logits), logits.shape[1], "softmax_cross_entropy")
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     n = len(y)
@@ -789,6 +809,21 @@ def softmax_cross_entropy(logits, y):
     dlogits = np.exp(log_probs)
     dlogits[np.arange(n), y] -= 1
     return float(loss), dlogits / n
+
+
+def _labels(y, n, n_classes, caller):
+    """y as an int64 (n,) array of class indices 0..n_classes-1, or a clear error."""
+    y = np.asarray(y)
+    if y.shape != (n,):
+        raise ValueError(f"{caller}: y must be (N,) = ({n},), one label per example; got shape {y.shape}.")
+    if not (np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating)
+                                                   and np.all(np.mod(y, 1) == 0))):
+        raise TypeError(f"{caller}: y must hold integer class labels, got dtype {y.dtype}.")
+    if y.size and (y.min() < 0 or y.max() >= n_classes):
+        raise ValueError(f"{caller}: labels must be in 0..{n_classes - 1} (one per class); got "
+                         f"values from {y.min()} to {y.max()}. A label -1 would silently mean "
+                         "the last class.")
+    return y.astype(np.int64)
 
 
 def sgd_step(model, lr):
@@ -820,6 +855,21 @@ def train_model(model, X, y, steps, batch_size=60, lr=0.1, X_test=None, y_test=N
     training stops early, with history["diverged"] = True, if the loss becomes NaN or inf.
     """
     from tqdm.auto import tqdm
+    caller = "train_model"
+    X = _as_float_array(X, caller, "X")
+    if X.ndim != 2 or np.shape(y) != (len(X),):
+        raise ValueError(f"{caller}: X must be (N, features) and y (N,), one label per row of X; got "
+                         f"shapes {X.shape} and {np.shape(y)}. Misaligned labels would train on nonsense.")
+    if (X_test is None) != (y_test is None) or (X_test is not None and np.shape(y_test) != (len(X_test),)):
+        raise ValueError(f"{caller}: give X_test and y_test together, one label per row; got shapes "
+                         f"{np.shape(X_test)} and {np.shape(y_test)}.")
+    for name, value, low in (("steps", steps, 0), ("batch_size", batch_size, 1), ("eval_every", eval_every, 1)):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{caller}: {name} must be a whole number >= {low}, got {value!r}.")
+    if not (isinstance(lr, (int, float, np.number)) and np.isfinite(lr) and lr > 0):
+        raise ValueError(f"{caller}: lr must be a number > 0, got {lr!r}.")
+    n_classes = model.linears[-1].W.shape[1] if hasattr(model, "linears") else np.inf
+    y = _labels(y, len(X), n_classes, caller)
     rng = np.random.default_rng(seed)
     history = {"step": [], "loss": [], "eval_step": [], "test_acc": [], "diverged": False}
     for step in tqdm(range(1, steps + 1), disable=not progress, leave=False, desc="training"):
@@ -911,17 +961,26 @@ def numerical_gradient(f, x, dout, h=1e-5):
     f: function of an array of x's shape. x: float array, changed in place
     during the loop and restored. Returns an array of x's shape:
         grad[i] = (sum(f(x + h e_i) * dout) - sum(f(x - h e_i) * dout)) / (2h)
-    Use float64: in float32 the rounding error swamps the difference.
+    Use float64: in float32 the rounding error swamps the difference (notebook 07 shows it).
     """
-    x = np.asarray(x)
+    if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.floating):
+        kind = f"dtype {x.dtype}" if isinstance(x, np.ndarray) else type(x).__name__
+        raise TypeError(f"numerical_gradient: x must be a float numpy array (it is shifted by "
+                        f"+-h in place, which an integer array would truncate); got {kind}. "
+                        "Pass np.asarray(x, dtype=np.float64).")
+    if not (isinstance(h, (int, float, np.floating)) and np.isfinite(h) and h > 0):
+        raise ValueError(f"numerical_gradient: h must be a small number > 0, e.g. 1e-5; got {h!r}.")
+    dout = _as_float_array(dout, "numerical_gradient", "dout")
     grad = np.zeros_like(x, dtype=np.float64)
     for i in np.ndindex(x.shape):
         old = x[i]
-        x[i] = old + h
-        plus = np.sum(f(x) * dout)
-        x[i] = old - h
-        minus = np.sum(f(x) * dout)
-        x[i] = old
+        try:
+            x[i] = old + h
+            plus = np.sum(f(x) * dout)
+            x[i] = old - h
+            minus = np.sum(f(x) * dout)
+        finally:
+            x[i] = old                         # x is given back as it came, even if f raised
         grad[i] = (plus - minus) / (2 * h)
     return grad
 
@@ -982,8 +1041,17 @@ def load_mnist(train=True):
     Returns (X, y): X float32 (N, 784) in [0, 1], one flattened 28x28 digit a row;
     y int64 (N,), the digit 0..9. Source and licence: data/README.md.
     """
+    if not isinstance(train, (bool, np.bool_)):
+        raise TypeError(f"load_mnist: train must be True (8,000 training digits) or False (2,000 "
+                        f"test digits), got {train!r}. Write load_mnist(train=False) for the test set.")
+    train = bool(train)
     if train not in _MNIST_CACHE:
         _verify_mnist_files()
+        stale = DATA_DIR / "MNIST" / "processed"
+        if stale.exists():
+            raise RuntimeError(f"{stale} is an old torchvision cache, and torchvision would read it "
+                               "instead of the verified raw files beside it. Delete it "
+                               f"(rm -r {stale}) and load again.")
         from torchvision.datasets import MNIST
         ds = MNIST(root=str(DATA_DIR), train=train, download=False)
         X = ds.data.numpy().reshape(len(ds), 784).astype(np.float32) / np.float32(255)

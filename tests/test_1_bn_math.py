@@ -283,3 +283,46 @@ def test_nan_input_is_refused():
 def test_backward_with_wrong_dout_shape_is_refused():
     _, cache = bnlib.batchnorm_forward(np.random.default_rng(0).normal(size=(4, 3)), np.ones(3), np.zeros(3))
     assert "dout" in error_of(bnlib.batchnorm_backward, np.ones((3, 4)), cache)
+
+
+# --- careless inputs (issue "No silent wrong answers") --------------------------------------
+
+def test_float16_input_is_refused_instead_of_overflowing_to_inf():
+    x = np.random.default_rng(0).normal(0, 400, size=(8, 3)).astype(np.float16)   # squares > 65504
+    with pytest.raises(TypeError, match="float16.*float32"):
+        bnlib.batchnorm_forward(x, np.ones(3), np.zeros(3))
+
+
+def test_an_empty_batch_is_called_empty_not_nan():
+    msg = error_of(bnlib.batchnorm_forward, np.ones((0, 3)), np.ones(3), np.zeros(3))
+    assert "empty" in msg and "NaN" not in msg
+
+
+def test_backward_given_out_and_cache_says_pass_the_cache_alone():
+    x, gamma, beta, dout = random_case((4, 3))
+    with pytest.raises(TypeError, match="cache alone"):
+        bnlib.batchnorm_backward(dout, bnlib.batchnorm_forward(x, gamma, beta))
+
+
+@pytest.mark.parametrize("backward", [bnlib.batchnorm_backward, bnlib.batchnorm_backward_steps])
+def test_backward_refuses_a_cache_that_is_not_batchnorm_forwards(backward):
+    with pytest.raises(TypeError, match="cache"):
+        backward(np.ones((4, 3)), {"x_hat": np.ones((4, 3))})
+
+
+def test_lists_and_ints_give_the_same_output_as_float_arrays():
+    x = [[1, 2], [3, 5], [4, 9]]
+    out_list, _ = bnlib.batchnorm_forward(x, [1, 1], [0, 0])
+    out_array, _ = bnlib.batchnorm_forward(np.array(x, dtype=np.float64), np.ones(2), np.zeros(2))
+    assert out_list.dtype == np.float64 and np.array_equal(out_list, out_array)
+
+
+def test_strings_are_refused_as_not_numbers():
+    with pytest.raises(TypeError, match="real numbers"):
+        bnlib.batchnorm_forward(np.array([["a", "b"], ["c", "d"]]), np.ones(2), np.zeros(2))
+
+
+def test_inference_refuses_a_negative_variance():
+    msg = error_of(bnlib.batchnorm_inference, np.ones((2, 2)), np.ones(2), np.zeros(2),
+                   np.zeros(2), np.array([1.0, -1.0]))
+    assert "var" in msg and "negative" in msg

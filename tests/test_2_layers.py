@@ -234,3 +234,51 @@ def test_layer_refuses_eps_not_positive(eps):
 
 def test_backward_before_forward_is_refused():
     assert "forward" in error_of(bnlib.BatchNorm(3).backward, np.ones((4, 3)))
+
+
+# --- careless use (issue "No silent wrong answers") -----------------------------------------
+
+@pytest.mark.parametrize("layer", [bnlib.BatchNorm(3), bnlib.NoisyBatchNorm(3), bnlib.GroupNorm(3, 1)],
+                         ids=["BatchNorm", "NoisyBatchNorm", "GroupNorm"])
+def test_backward_after_an_eval_forward_is_refused_not_the_last_training_gradient(layer):
+    x = np.random.default_rng(0).normal(size=(6, 3))
+    layer.train().forward(x)
+    layer.eval().forward(x)                      # same shape: a stale cache would fit dout
+    dout = np.random.default_rng(1).normal(size=(6, 3))
+    if isinstance(layer, bnlib.BatchNorm):
+        assert "no forward pass" in error_of(layer.backward, dout)
+    else:                                          # GroupNorm: eval computes the same as train
+        assert layer.backward(dout).shape == (6, 3)
+
+
+def test_backward_after_a_forward_that_raised_is_refused():
+    layer = bnlib.BatchNorm(3)
+    layer.forward(np.random.default_rng(0).normal(size=(6, 3)))
+    with pytest.raises(ValueError):
+        layer.forward(np.ones((1, 3)))               # one example: refused in training mode
+    assert "no forward pass" in error_of(layer.backward, np.ones((6, 3)))
+
+
+def test_mlp_backward_after_an_eval_forward_is_refused():
+    model = bnlib.MLP([4, 5, 3], norm="batch", dtype=np.float64)
+    x = np.random.default_rng(1).normal(size=(8, 4))
+    model.train().forward(x)
+    model.eval().forward(x)
+    assert "no forward pass" in error_of(model.backward, np.ones((8, 3)))
+
+
+def test_momentum_none_is_pytorchs_cumulative_average():
+    rng = np.random.default_rng(3)
+    ours, theirs = bnlib.BatchNorm(4, momentum=None), torch.nn.BatchNorm1d(4, momentum=None).double()
+    for _ in range(6):
+        x = rng.normal(2.0, 3.0, size=(10, 4))
+        ours.forward(x)
+        theirs(torch.from_numpy(x))
+    assert np.max(np.abs(ours.running_mean - theirs.running_mean.numpy())) < 1e-12
+    assert np.max(np.abs(ours.running_var - theirs.running_var.numpy())) < 1e-12
+    assert ours.num_batches_tracked == theirs.num_batches_tracked.item() == 6
+
+
+@pytest.mark.parametrize("num_features", [0, 2.5, "3", True])
+def test_num_features_that_is_not_a_positive_integer_is_refused(num_features):
+    assert "num_features" in error_of(bnlib.BatchNorm, num_features)

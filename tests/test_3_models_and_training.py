@@ -185,3 +185,27 @@ def test_precise_bn_statistics_refuse_a_single_example():
     model = bnlib.MLP([4, 3, 2], norm="batch")
     with pytest.raises(ValueError, match="N >= 2"):
         bnlib.precise_bn_statistics(model, np.ones((1, 4)))
+
+
+# --- careless input (issue "No silent wrong answers") ---------------------------------------
+
+def test_train_model_refuses_labels_that_do_not_match_the_examples():
+    model = bnlib.MLP([4, 3, 2])
+    with pytest.raises(ValueError, match="one label per row"):
+        bnlib.train_model(model, np.zeros((5, 4)), np.zeros(4, dtype=int), steps=2, progress=False)
+
+
+def test_softmax_cross_entropy_refuses_label_minus_one_instead_of_reading_the_last_class():
+    with pytest.raises(ValueError, match="0..9"):
+        bnlib.softmax_cross_entropy(np.zeros((2, 10)), np.array([3, -1]))
+
+
+def test_softmax_cross_entropy_refuses_fractional_labels():
+    with pytest.raises(TypeError, match="integer class labels"):
+        bnlib.softmax_cross_entropy(np.zeros((2, 3)), np.array([0.5, 1.0]))
+
+
+def test_train_model_refuses_labels_beyond_the_models_classes():
+    model = bnlib.MLP([4, 3, 2])
+    with pytest.raises(ValueError, match="0..1"):
+        bnlib.train_model(model, np.zeros((3, 4)), np.array([0, 1, 2]), steps=1, progress=False)

@@ -40,3 +40,25 @@ def test_verdict_shows_nothing_as_the_last_line_of_a_cell():
     from IPython.core.formatters import DisplayFormatter
     assert DisplayFormatter().format(True) == ({"text/plain": "True"}, {})
     assert DisplayFormatter().format(bnlib.Verdict(True)) == ({}, {})
+
+
+# --- careless input (issue "No silent wrong answers") ---------------------------------------
+
+def test_numerical_gradient_refuses_an_integer_array_it_would_truncate():
+    with pytest.raises(TypeError, match="float"):
+        bnlib.numerical_gradient(lambda v: v**2, np.arange(3), np.ones(3))
+
+
+def test_numerical_gradient_gives_x_back_unchanged_when_f_raises():
+    x = np.array([1.0, 2.0, 3.0])
+    calls = []
+
+    def f(v):
+        calls.append(1)
+        if len(calls) == 3:                    # raise while x[1] is shifted by +h
+            raise RuntimeError("boom")
+        return v
+
+    with pytest.raises(RuntimeError):
+        bnlib.numerical_gradient(f, x, np.ones(3))
+    assert np.array_equal(x, [1.0, 2.0, 3.0])

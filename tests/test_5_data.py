@@ -78,3 +78,15 @@ def test_corrupted_file_is_named_with_how_to_restore_it(data_copy):
     path.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match=r"train-images-idx3-ubyte is corrupted.*make_mnist_subset"):
         bnlib.load_mnist(train=True)
+
+
+@pytest.mark.parametrize("train", ["test", "train", 1, None])
+def test_load_mnist_refuses_anything_but_true_or_false(train):
+    with pytest.raises(TypeError, match="train must be True"):
+        bnlib.load_mnist(train)
+
+
+def test_a_stale_torchvision_cache_beside_the_raw_files_is_refused(data_copy):
+    (data_copy / "MNIST" / "processed").mkdir()
+    with pytest.raises(RuntimeError, match="processed.*Delete it"):
+        bnlib.load_mnist(train=True)
