@@ -89,21 +89,35 @@ bnlib itself uses):
     LiveFigure                        7   01
     slider_panel                      7   01
     plot_bn_graph                     7   03
-    CheckFailed                       8   -
-    run_check                         8   -
-    expect_array                      8   -
+    Check                             8   -
+    TOL                               8   -
+    FLOAT32_TOL                       8   -
+    SEPARATION                        8   -
+    STANDARDIZE                       8   -
     check_standardize                 8   01
+    LINE_FIT_R2                       8   -
     check_line_fit_r2                 8   02
+    BATCHNORM_FORWARD                 8   -
     check_batchnorm_forward           8   03
+    BATCHNORM_BACKWARD                8   -
     check_batchnorm_backward          8   03
+    RUNNING_STATS_UPDATE              8   -
     check_running_stats_update        8   04
+    BATCHNORM_NHWC                    8   -
     check_batchnorm_nhwc              8   05
+    SPATIAL_BATCHNORM_BACKWARD        8   -
     check_spatial_batchnorm_backward  8   05
+    X_HAT_OF_EXAMPLE                  8   -
     check_x_hat_of_example            8   06
+    FOLD_LINEAR_BN                    8   -
     check_fold_linear_bn              8   07
+    GROUPNORM_ROWS                    8   -
     check_groupnorm_rows              8   07
 """
 import hashlib
+import sysconfig
+import traceback
+from collections import namedtuple
 from pathlib import Path
 
 import numpy as np
@@ -1561,74 +1575,315 @@ def plot_bn_graph(figsize=(11, 4.8)):
 # 8. Exercise checks (the spoilers: each holds the answer to an exercise)
 # One check per exercise: its cases, a reference from PyTorch or a closed form, its named mistakes.
 # ==============================================================================================
+# A check is data: its cases, a reference written with PyTorch or a closed form (never
+# with bnlib's own answer), and a catalogue of named mistakes, each a wrong version of
+# the learner's function. One driver, _run, calls the learner's function on copies of
+# every case, says what is wrong with what came back, and names the catalogued mistake
+# it recognised. Each public check_xxx(fn) prints one line and returns a Verdict.
 
-class CheckFailed(Exception):
-    """Raised inside a check to report what is wrong with a learner's answer."""
+# The fields of a check:
+#   title       the name of the function the learner writes; every printed line starts with it
+#   args        that function's parameters, in order
+#   outputs     the name of what it returns, or a tuple of names when it returns several
+#   cases       () -> list of argument tuples
+#   describe    (*case) -> "x of shape (6, 4), eps=1e-05", to say in which case something is wrong
+#   reference   (*case) -> the right result, from PyTorch or a closed form
+#   mistakes    {what the learner did and what to do instead: a function making that mistake}
+#   hint        added after a wrong value that no catalogued mistake explains
+#   may_change  arguments the function may update in place (all others must stay as they were)
+Check = namedtuple("Check", "title args outputs cases describe reference mistakes hint may_change",
+                   defaults=("", ()))
+
+TOL = 1e-8           # a value is right when |got - want| <= TOL * max(1, |want|), elementwise
+FLOAT32_TOL = 1e-5   # ... and right to float32 precision within this
+SEPARATION = 1e-3    # a mistake counts in a case only where it is this far from the right answer
+
+_NOT_DONE = ("not done yet. Replace the `raise NotImplementedError` line with your code, "
+             "run the cell, then run this check again.")
+_LIBRARY_DIRS = tuple({sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")})
 
 
-def run_check(title, check):
-    """Run check() and print 'PASS' or what is wrong, never a bare traceback.
+# --- the driver -----------------------------------------------------------------------------
 
-    check: a function that raises CheckFailed (or AssertionError) with a
-    message for the learner. A NotImplementedError from the learner's stub
-    means "not done yet". Prints its verdict and returns it as a Verdict (true on pass).
-    """
-    try:
-        check()
-    except NotImplementedError:
-        print(f"{title}: not done yet. Replace the `raise NotImplementedError` line "
-              "with your code, run the cell, then run this check again.")
-        return Verdict(False)
-    except (CheckFailed, AssertionError) as exc:
-        print(f"{title}: not yet. {exc}")
-        return Verdict(False)
-    except Exception as exc:  # the learner's code crashed: say where, briefly
-        print(f"{title}: your code raised {type(exc).__name__}: {exc}")
-        return Verdict(False)
-    print(f"{title}: PASS")
-    return Verdict(True)
+def _run(check, fn):
+    """Call fn on a copy of every case of check; print 'title: PASS' or what is wrong, in one
+    line; return a Verdict."""
+    def say(text, ok=False):
+        print(f"{check.title}: {text}")
+        return Verdict(ok)
+
+    if not callable(fn):
+        return say("not yet. Pass your function itself (its name, no parentheses), not what it returns.")
+    cases = check.cases()
+    wants, gots = [], []
+    for case in cases:
+        want = _expected(check, case)
+        args = _copies(case)
+        try:
+            result = fn(*args)
+        except Exception as exc:
+            return say(_raised(check, exc))
+        for name, before, after in zip(check.args, case, args):
+            if isinstance(before, np.ndarray) and name not in check.may_change \
+                    and not np.array_equal(before, after, equal_nan=True):
+                return say(f"not yet. Your function changed its input {name} in place; work on a copy.")
+        problem = _result_problem(check, result, number=want[0].ndim == 0)
+        if problem:
+            return say(f"not yet. {problem}")
+        gots.append(result if isinstance(check.outputs, tuple) else (result,))
+        wants.append(want)
+
+    problems = [_value_problem(name, got, want, f"for {check.describe(*case)}", check.hint)
+                for case, got_c, want_c in zip(cases, gots, wants)
+                for name, got, want in zip(_names(check), got_c, want_c)]
+    problems = [p for p in problems if p]
+    if not problems:
+        return say("PASS", ok=True)
+    mistake = _recognised(check, cases, wants, gots)
+    return say(f"not yet. {mistake or problems[0]}")
 
 
-def expect_array(name, got, want, tol=1e-8):
-    """Inside a check: raise CheckFailed saying how `got` differs from `want`."""
+def _names(check):
+    return check.outputs if isinstance(check.outputs, tuple) else (check.outputs,)
+
+
+def _copies(case):
+    return tuple(np.copy(a) if isinstance(a, np.ndarray) else a for a in case)
+
+
+def _expected(check, case):
+    want = check.reference(*_copies(case))
+    want = want if isinstance(check.outputs, tuple) else (want,)
+    return tuple(np.asarray(w, dtype=np.float64) for w in want)
+
+
+def _raised(check, exc):
+    """What to say when the learner's function raised exc: "not done yet" for the stub's own
+    `raise NotImplementedError`, else the exception and the learner's line that raised it."""
+    frames = traceback.extract_tb(exc.__traceback__)[1:]          # [0] is _run's own call
+    mine = [f for f in frames if f.filename != _run.__code__.co_filename
+            and not f.filename.startswith(_LIBRARY_DIRS) and not f.filename.startswith("<frozen")]
+    if isinstance(exc, NotImplementedError) and mine and mine[-1] is frames[-1] \
+            and (not mine[-1].line or mine[-1].line.startswith("raise")):
+        return _NOT_DONE
+    text = f"your code raised {type(exc).__name__}" + (f": {exc}" if str(exc) else "")
+    if mine:
+        return text + f" (in {mine[-1].name}, line {mine[-1].lineno}: {mine[-1].line})"
+    if isinstance(exc, TypeError):
+        return text + f". The check calls {check.title}({', '.join(check.args)})."
+    return text
+
+
+def _result_problem(check, result, number):
+    """What is wrong with fn's result as a whole (None, a list, a tuple of the wrong length);
+    None when it is a tuple of the right length or a single value. number: one number is due."""
+    if isinstance(check.outputs, tuple):
+        n, names = len(check.outputs), "(" + ", ".join(check.outputs) + ")"
+        if result is None:
+            return f"Your function returned None: did it forget to `return {names}`?"
+        if isinstance(result, list):
+            return f"Your function returned a list; return a tuple: {names}."
+        if not isinstance(result, tuple):
+            kind = "numpy array" if isinstance(result, np.ndarray) else type(result).__name__
+            return f"Your function returned one {kind}; return {n} things as a tuple: {names}."
+        if len(result) != n:
+            return f"Your function returned a tuple of {len(result)}; return {n} things: {names}."
+        return None
+    name = check.outputs
+    what = "one number" if number else "one numpy array"
+    if result is None:
+        return f"Your function returned None: did it forget to `return {name}`?"
+    if isinstance(result, tuple):
+        like = f", not ({name}, cache)" if len(result) == 2 else ""
+        return f"Your function returned a tuple of {len(result)}; return {name} alone, {what}{like}."
+    if isinstance(result, list):
+        return f"Your function returned a list; return {name} as {what}" + \
+            ("." if what == "one number" else " (np.array(...)).")
+    return None
+
+
+def _as_numbers(got, number):
+    """got as a float-comparable numpy array, or a sentence saying why it is not one."""
+    what = "one number" if number else "a numpy array"
     if got is None:
-        raise CheckFailed(f"{name} is None: did your function forget to `return` it?")
-    got = np.asarray(got)
-    want = np.asarray(want)
+        return "is None: did your function forget to compute or return it?"
+    if isinstance(got, (list, tuple, dict)):
+        return f"is a {type(got).__name__}; return {what}."
+    if type(got).__module__.split(".")[0] == "torch":
+        return f"is a torch tensor; return {what}: " + ("t.item()." if number else "t.detach().numpy().")
+    try:
+        arr = np.asarray(got)
+    except Exception:
+        arr = None
+    if isinstance(got, np.ndarray) and arr.dtype.kind not in "biuf":
+        return f"is an array of {arr.dtype}; return {what} of real numbers."
+    if arr is None or arr.dtype.kind not in "biuf":
+        return f"is a {type(got).__name__}; return {what}."
+    return arr.reshape(()) if number and arr.size == 1 else arr
+
+
+def _error(got, want):
+    """Largest |got - want| / max(1, |want|) over the elements: 0 where both are NaN or the
+    same inf, inf where only one is, or when the shapes differ. NaN never passes."""
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
     if got.shape != want.shape:
-        raise CheckFailed(f"{name} has shape {got.shape}, expected {want.shape}.")
-    err = np.abs(got.astype(np.float64) - want)
-    if not np.all(err < tol):
-        where = np.unravel_index(np.argmax(err), err.shape)
-        raise CheckFailed(f"{name} is off by up to {err.max():.3g} (at index {tuple(map(int, where))}: "
-                          f"got {got[where]:.6g}, expected {want[where]:.6g}).")
+        return np.inf
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = np.abs(got - want) / np.maximum(1.0, np.abs(want))
+        same = (np.isnan(got) & np.isnan(want)) | (np.isinf(got) & (got == want))
+        err = np.where(same, 0.0, np.where(np.isnan(err), np.inf, err))
+    return float(err.max()) if err.size else 0.0
 
 
-def _conv_like_batch(shape, seed):
-    """float64 test activations whose channels (axis 1) have very different means and scales."""
+def _tolerance(arr):
+    return FLOAT32_TOL if arr.dtype == np.float32 else TOL
+
+
+def _value_problem(name, got, want, where, hint=""):
+    """One sentence on what is wrong with one returned value; None when it is right."""
+    arr = _as_numbers(got, number=want.ndim == 0)
+    if isinstance(arr, str):
+        return f"{name} {arr}"
+    if arr.shape != want.shape:
+        if want.ndim == 0:
+            return f"{name} should be one number, not an array of shape {arr.shape} {where}."
+        return f"{name} has shape {arr.shape}, expected {want.shape} {where}."
+    err = _error(arr, want)
+    if err <= TOL:
+        return None
+    for bad, what, look in ((np.isnan, "NaN", "0/0 or the square root of a negative number"),
+                            (np.isinf, "inf", "a division by 0 or an overflow")):
+        if np.any(bad(arr.astype(np.float64))):
+            at = _index(np.argwhere(bad(arr.astype(np.float64)))[0]) if arr.ndim else ""
+            return f"{name} has {what}{at and ' (first at index ' + at + ')'} {where}: look for {look}."
+    low = arr.dtype.kind == "f" and arr.dtype.itemsize < 8
+    if low and err <= FLOAT32_TOL:
+        return (f"{name} is {arr.dtype}, right to {arr.dtype} precision; the check wants float64: compute "
+                "in float64 (no .astype(np.float32); in torch, dtype=torch.float64).")
+    dtype_note = f" ({name} is {arr.dtype}; compute in float64.)" if arr.dtype != np.float64 else ""
+    hint = f" {hint}" if hint else ""
+    if arr.ndim == 0:
+        g, w = _digits(float(arr), float(want))
+        return f"{name} {where}: you got {g}, expected {w}.{hint}{dtype_note}"
+    with np.errstate(invalid="ignore", over="ignore"):
+        scaled = np.abs(arr - want) / np.maximum(1.0, np.abs(want))
+    i = np.unravel_index(np.argmax(scaled), scaled.shape)
+    g, w = _digits(float(arr[i]), float(want[i]))
+    return (f"{name} {where} is off by up to {abs(float(arr[i]) - float(want[i])):.3g} (at index "
+            f"{_index(i)}: got {g}, expected {w}).{hint}{dtype_note}")
+
+
+def _index(i):
+    return "(" + ", ".join(str(int(k)) for k in i) + ("," if len(i) == 1 else "") + ")"
+
+
+def _digits(got, want):
+    """got and want with enough significant digits to see that they differ."""
+    for digits in (6, 9, 12, 17):
+        g, w = f"{got:.{digits}g}", f"{want:.{digits}g}"
+        if g != w:
+            break
+    return g, w
+
+
+def _matches(got, wrong):
+    arr = _as_numbers(got, number=np.ndim(wrong) == 0)
+    return not isinstance(arr, str) and _error(arr, wrong) <= _tolerance(arr)
+
+
+def _recognised(check, cases, wants, gots):
+    """The first catalogued mistake that explains the learner's results, or None. A mistake
+    explains them when, for one of the outputs, the learner's value equals the mistake's in
+    every case where the mistake is SEPARATION away from the right answer (and there is one).
+    A right value is never that close to a wrong one, so a right answer is never misnamed."""
+    for hint, wrong_fn in check.mistakes.items():
+        with np.errstate(all="ignore"):
+            wrongs = [wrong_fn(*_copies(case)) for case in cases]
+        if not isinstance(check.outputs, tuple):
+            wrongs = [(w,) for w in wrongs]
+        for k in range(len(_names(check))):
+            apart = [c for c in range(len(cases)) if _error(wrongs[c][k], wants[c][k]) > SEPARATION]
+            if apart and all(_matches(gots[c][k], wrongs[c][k]) for c in apart):
+                return hint
+    return None
+
+
+# --- test batches ---------------------------------------------------------------------------
+
+def _spread_batch(shape, seed):
+    """float64 activations of `shape` whose channels (axis 1) have very different means and
+    scales, with gamma, beta (C,) and an upstream gradient dout of x's shape."""
     rng = np.random.default_rng(seed)
     c = shape[1]
-    shift = np.linspace(-4.0, 9.0, c).reshape(1, c, 1, 1)
-    scale = np.linspace(0.5, 3.0, c).reshape(1, c, 1, 1)
+    along_axis_1 = (1, c) + (1,) * (len(shape) - 2)
+    shift = np.linspace(-4.0, 9.0, c).reshape(along_axis_1)
+    scale = np.linspace(0.5, 3.0, c).reshape(along_axis_1)
     x = rng.standard_normal(shape) * scale + shift
     return x, 1.0 + rng.random(c), rng.standard_normal(c), rng.standard_normal(shape)
 
 
-def _dense_like_batch(n, d, seed):
-    """float64 (n, d) activations whose columns have very different means and scales,
-    with gamma, beta (d,) and a random upstream gradient dout (n, d)."""
-    x, gamma, beta, dout = _conv_like_batch((n, d, 1, 1), seed)
-    return x[:, :, 0, 0].copy(), gamma, beta, dout[:, :, 0, 0].copy()
+def _torch_batchnorm(x, gamma, beta, eps):
+    """Training-mode BN by PyTorch for x (N, C, ...) as numpy arrays; the tensors need grad."""
+    import torch
+    import torch.nn.functional as F
+    xt, gt, bt = (torch.tensor(a, requires_grad=True) for a in (x, gamma, beta))
+    return xt, gt, bt, F.batch_norm(xt, None, None, gt, bt, training=True, eps=eps)
 
 
-def _fold_case(fan_in, fan_out, seed):
-    """float64 Linear + eval-mode BN parameters whose eps matters (some variances ~1e-3)."""
-    rng = np.random.default_rng(seed)
-    W = rng.standard_normal((fan_in, fan_out))
-    b, beta, mean = (rng.standard_normal(fan_out) for _ in range(3))
-    gamma = 0.5 + rng.random(fan_out)
-    var = np.where(np.arange(fan_out) % 2 == 0, 1e-3, 1.0) * (1 + rng.random(fan_out))
-    return W, b, gamma, beta, mean, var
+def _torch_batchnorm_grads(dout, x, gamma, beta, eps):
+    """(dx, dgamma, dbeta) by PyTorch autograd through training-mode BN."""
+    import torch
+    xt, gt, bt, out = _torch_batchnorm(x, gamma, beta, eps)
+    out.backward(torch.from_numpy(dout))
+    return xt.grad.numpy(), gt.grad.numpy(), bt.grad.numpy()
+
+
+def _columns_backward(dout, x, gamma, eps):
+    """The compact BN backward for (N, D) arrays, for the catalogued mistakes to start from."""
+    m = len(x)
+    invstd = 1.0 / np.sqrt(x.var(axis=0) + eps)
+    x_hat = (x - x.mean(axis=0)) * invstd
+    dbeta, dgamma = dout.sum(axis=0), (dout * x_hat).sum(axis=0)
+    return m, invstd, x_hat, dgamma, dbeta
+
+
+# --- notebook 01: standardize ---------------------------------------------------------------
+
+def _standardize_cases():
+    rng = np.random.default_rng(11)
+    pixels = rng.integers(0, 256, size=(40, 3), dtype=np.uint8)            # integer input
+    awkward = np.stack([rng.normal(1e7, 1.0, 40),                          # far from zero
+                        np.full(40, 3.5),                                  # constant
+                        rng.exponential(50.0, 40)], axis=1)
+    return [(pixels,), (awkward,), (awkward[:, 2:].copy(),)]
+
+
+def _standardize_reference(X):
+    import torch
+    t = torch.tensor(X, dtype=torch.float64)
+    mu, sd = t.mean(dim=0), t.std(dim=0, correction=0)
+    sd = torch.where(sd == 0, 1.0, sd)
+    return ((t - mu) / sd).numpy(), mu.numpy(), sd.numpy()
+
+
+def _standardized(X, mu, sd):
+    return (X - mu) / sd, mu, sd
+
+
+STANDARDIZE = Check(
+    title="standardize", args=("X",), outputs=("X_std", "mu", "sd"),
+    cases=_standardize_cases,
+    describe=lambda X: f"X of shape {X.shape} ({X.dtype})",
+    reference=_standardize_reference,
+    mistakes={
+        "sd is the sample std (1/(N-1)); use the population std (1/N), np.std's default.":
+            lambda X: _standardized(X, X.mean(axis=0), np.where(X.std(axis=0) == 0, 1.0, X.std(axis=0, ddof=1))),
+        "X_std has NaN: a constant column has sd = 0; use sd = 1 there.":
+            lambda X: _standardized(X, X.mean(axis=0), X.std(axis=0)),
+        "mu is one number: take one mean per column (axis=0).":
+            lambda X: _standardized(X, X.mean(), X.std()),
+    },
+    hint="mu and sd are per column (axis=0); for a column far from 0, subtract mu before squaring.")
 
 
 def check_standardize(standardize):
@@ -1636,37 +1891,50 @@ def check_standardize(standardize):
     mu and sd (D,) are each column's mean and population standard deviation (1/N),
     sd = 1 where a column is constant, X_std = (X - mu) / sd as float64; X is left unchanged.
     Reference: torch.mean and torch.std(correction=0) on a float64 copy."""
-    import torch
+    return _run(STANDARDIZE, standardize)
 
-    rng = np.random.default_rng(11)
-    pixels = rng.integers(0, 256, size=(40, 3), dtype=np.uint8)            # integer input
-    awkward = np.stack([rng.normal(1e7, 1.0, 40),                          # far from zero
-                        np.full(40, 3.5),                                  # constant
-                        rng.exponential(50.0, 40)], axis=1)
 
-    def check():
-        for name, X in (("uint8 pixels (40, 3)", pixels), ("awkward columns (40, 3)", awkward),
-                        ("one column (40, 1)", awkward[:, 2:])):
-            before = X.copy()
-            got = standardize(X)
-            if not np.array_equal(X, before):
-                raise CheckFailed(f"{name}: your function changed X in place; work on a copy.")
-            if not isinstance(got, tuple) or len(got) != 3:
-                raise CheckFailed("return three things: (X_std, mu, sd).")
-            t = torch.tensor(X, dtype=torch.float64)
-            mu, sd = t.mean(dim=0).numpy(), t.std(dim=0, correction=0).numpy()
-            sd = np.where(sd == 0, 1.0, sd)
-            if np.ndim(got[1]) == 0:
-                raise CheckFailed("mu is one number: take one mean per column (axis=0).")
-            if np.allclose(got[2], np.where(sd == 1, 1, t.std(dim=0).numpy()), rtol=1e-6) and X.shape[1] > 1:
-                raise CheckFailed("sd is the sample std (1/(N-1)); use the population std (1/N), np.std's default.")
-            if np.any(np.isnan(np.asarray(got[0], dtype=np.float64))):
-                raise CheckFailed(f"{name}: X_std has NaN: a constant column has sd = 0; use sd = 1 there.")
-            expect_array(f"mu for {name}", got[1], mu, tol=1e-6)
-            expect_array(f"sd for {name}", got[2], sd, tol=1e-6 * sd.max())
-            expect_array(f"X_std for {name}", got[0], (X - mu) / sd, tol=1e-6)
+# --- notebook 02: line_fit_r2 ---------------------------------------------------------------
 
-    return run_check("standardize", check)
+def _line_fit_cases():
+    rng = np.random.default_rng(2)
+    z = np.sort(rng.uniform(-3.0, 7.0, size=13))
+    return [(z, 2.0 - 0.5 * z + rng.normal(0, 0.8, 13)),                  # a noisy line
+            (z, np.exp(-0.4 * z)),                                         # a falling curve
+            (z + 40.0, np.tanh(z / 3) + 5.0),                              # points far from 0
+            (np.array([1.0, 2.0, 4.0]), np.array([3.0, 1.0, -3.0]))]       # an exact line
+
+
+def _line_fit_reference(z, s):
+    a, b = np.polyfit(z, s, 1)
+    return 1.0 - np.sum((s - a * z - b) ** 2) / np.sum((s - s.mean()) ** 2)
+
+
+def _r2_through_origin(z, s):
+    a = np.sum(z * s) / np.sum(z * z)
+    return 1.0 - np.sum((s - a * z) ** 2) / np.sum((s - s.mean()) ** 2)
+
+
+def _r2_around_zero(z, s):
+    a, b = np.polyfit(z, s, 1)
+    return 1.0 - np.sum((s - a * z - b) ** 2) / np.sum(s ** 2)
+
+
+LINE_FIT_R2 = Check(
+    title="line_fit_r2", args=("z", "s"), outputs="R^2",
+    cases=_line_fit_cases,
+    describe=lambda z, s: f"{len(z)} points with z from {z.min():.3g} to {z.max():.3g}",
+    reference=_line_fit_reference,
+    mistakes={
+        "You returned the correlation r; R^2 of a straight-line fit is its square.":
+            lambda z, s: np.corrcoef(z, s)[0, 1],
+        "Your line goes through the origin (s ~ a z); fit an intercept too: s ~ a z + b.":
+            _r2_through_origin,
+        "You divide by sum(s^2), the spread around 0; R^2 compares with the spread around "
+        "mean(s): sum((s - mean(s))^2).":
+            _r2_around_zero,
+    },
+    hint="Does your line have an intercept, and do you compare with the spread around mean(s)?")
 
 
 def check_line_fit_r2(line_fit_r2):
@@ -1674,33 +1942,40 @@ def check_line_fit_r2(line_fit_r2):
     straight line s ~ a * z + b through the points (z_i, s_i), z and s of shape (N,):
         R^2 = 1 - sum((s - a z - b)^2) / sum((s - mean(s))^2).
     Reference: numpy.polyfit(z, s, 1) and the residuals of that line."""
-    rng = np.random.default_rng(2)
-    z_odd = np.sort(rng.uniform(-3.0, 7.0, size=13))
-    cases = {"a noisy line": (z_odd, 2.0 - 0.5 * z_odd + rng.normal(0, 0.8, 13)),
-             "a falling curve": (z_odd, np.exp(-0.4 * z_odd)),
-             "points far from 0": (z_odd + 40.0, np.tanh(z_odd / 3) + 5.0),
-             "an exact line": (np.array([1.0, 2.0, 4.0]), np.array([3.0, 1.0, -3.0]))}
+    return _run(LINE_FIT_R2, line_fit_r2)
 
-    def check():
-        for name, (z, s) in cases.items():
-            z_in, s_in = z.copy(), s.copy()
-            got = line_fit_r2(z_in, s_in)
-            if not (np.array_equal(z_in, z) and np.array_equal(s_in, s)):
-                raise CheckFailed("your function changed z or s in place; work on copies.")
-            if got is None or np.ndim(got) != 0:
-                raise CheckFailed(f"for {name} return one number, got {got!r}.")
-            a, b = np.polyfit(z, s, 1)
-            want = 1.0 - np.sum((s - a * z - b) ** 2) / np.sum((s - s.mean()) ** 2)
-            r = np.corrcoef(z, s)[0, 1]
-            if abs(got - r) < 1e-8 and abs(r - want) > 1e-6:
-                raise CheckFailed(f"for {name} you returned the correlation r = {r:.4f}; "
-                                  "R^2 of a straight-line fit is its square.")
-            if abs(float(got) - want) > 1e-8:
-                raise CheckFailed(f"for {name} (z from {z.min():.3g} to {z.max():.3g}) you got "
-                                  f"{float(got):.6f}, expected {want:.6f}. Does your line have an "
-                                  "intercept, and do you compare with the spread around mean(s)?")
 
-    return run_check("line_fit_r2", check)
+# --- notebook 03: batchnorm_forward, batchnorm_backward -------------------------------------
+
+def _forward_cases():
+    cases = []
+    for (n, d), eps in (((6, 4), 1e-5), ((2, 3), 1e-3), ((9, 5), 0.5)):
+        x, gamma, beta, _ = _spread_batch((n, d), seed=n + d)
+        cases.append((x, gamma, beta, eps))
+    return cases
+
+
+def _forward_reference(x, gamma, beta, eps):
+    return _torch_batchnorm(x, gamma, beta, eps)[3].detach().numpy()
+
+
+BATCHNORM_FORWARD = Check(
+    title="batchnorm_forward", args=("x", "gamma", "beta", "eps"), outputs="out",
+    cases=_forward_cases,
+    describe=lambda x, gamma, beta, eps: f"x of shape {x.shape}, eps={eps}",
+    reference=_forward_reference,
+    mistakes={
+        "You used the unbiased variance (1/(m-1)); training-mode BN uses the biased one, 1/m.":
+            lambda x, gamma, beta, eps: gamma * (x - x.mean(0)) / np.sqrt(x.var(0, ddof=1) + eps) + beta,
+        "You used eps outside the square root; it goes inside: sqrt(var + eps).":
+            lambda x, gamma, beta, eps: gamma * (x - x.mean(0)) / (x.std(0) + eps) + beta,
+        "You left out gamma and beta: the last step is out = gamma * x_hat + beta.":
+            lambda x, gamma, beta, eps: (x - x.mean(0)) / np.sqrt(x.var(0) + eps),
+        "You took the mean and variance of each row (axis=1); BN takes them per feature, "
+        "over the batch (axis=0).":
+            lambda x, gamma, beta, eps: gamma * (x - x.mean(1, keepdims=True)) / np.sqrt(
+                x.var(1, keepdims=True) + eps) + beta,
+    })
 
 
 def check_batchnorm_forward(batchnorm_forward_fn):
@@ -1708,32 +1983,56 @@ def check_batchnorm_forward(batchnorm_forward_fn):
     x (N, D) -> out (N, D), training mode (batch mean, biased variance 1/m):
         out = gamma * (x - mean(x)) / sqrt(var(x) + eps) + beta,  statistics per column.
     Reference: torch.nn.functional.batch_norm(training=True)."""
-    import torch
-    import torch.nn.functional as F
+    return _run(BATCHNORM_FORWARD, batchnorm_forward_fn)
 
-    def check():
-        for (n, d), eps in (((6, 4), 1e-5), ((2, 3), 1e-3), ((9, 5), 0.5)):
-            x, gamma, beta, _ = _dense_like_batch(n, d, seed=n + d)
-            x_before = x.copy()
-            got = batchnorm_forward_fn(x, gamma, beta, eps)
-            if not np.array_equal(x, x_before):
-                raise CheckFailed("your function changed its input x in place; work on a copy.")
-            want = F.batch_norm(torch.from_numpy(x), None, None, torch.from_numpy(gamma),
-                                torch.from_numpy(beta), training=True, eps=eps).numpy()
-            xc = x - x.mean(axis=0)
-            wrong = {"the unbiased variance (1/(m-1)); training-mode BN uses the biased one, 1/m":
-                     xc / np.sqrt(x.var(axis=0, ddof=1) + eps) * gamma + beta,
-                     "eps outside the square root; it goes inside: sqrt(var + eps)":
-                     xc / (x.std(axis=0) + eps) * gamma + beta,
-                     "no gamma and beta: the last step is out = gamma * x_hat + beta":
-                     xc / np.sqrt(x.var(axis=0) + eps)}
-            if got is not None and np.shape(got) == want.shape:
-                for mistake, value in wrong.items():
-                    if np.allclose(got, value, atol=1e-10) and not np.allclose(value, want):
-                        raise CheckFailed(f"you used {mistake}.")
-            expect_array(f"out for x of shape {x.shape}, eps={eps}", got, want, tol=1e-8)
 
-    return run_check("batchnorm_forward", check)
+def _backward_cases():
+    cases = []
+    for n, d in ((7, 3), (2, 4), (16, 5)):
+        x, gamma, _, dout = _spread_batch((n, d), seed=10 * n + d)
+        cases.append((dout, x, gamma, 1e-5))
+    return cases
+
+
+def _backward_reference(dout, x, gamma, eps):
+    return _torch_batchnorm_grads(dout, x, gamma, np.zeros_like(gamma), eps)
+
+
+def _backward_swapped(dout, x, gamma, eps):
+    m, invstd, x_hat, dgamma, dbeta = _columns_backward(dout, x, gamma, eps)
+    return gamma * invstd / m * (m * dout - dbeta - x_hat * dgamma), dbeta, dgamma
+
+
+def _backward_without_variance_path(dout, x, gamma, eps):
+    m, invstd, x_hat, dgamma, dbeta = _columns_backward(dout, x, gamma, eps)
+    return gamma * invstd / m * (m * dout - dbeta), dgamma, dbeta
+
+
+def _backward_without_mean_path(dout, x, gamma, eps):
+    m, invstd, x_hat, dgamma, dbeta = _columns_backward(dout, x, gamma, eps)
+    return gamma * invstd / m * (m * dout - x_hat * dgamma), dgamma, dbeta
+
+
+def _backward_without_gamma(dout, x, gamma, eps):
+    m, invstd, x_hat, dgamma, dbeta = _columns_backward(dout, x, gamma, eps)
+    return invstd / m * (m * dout - dbeta - x_hat * dgamma), dgamma, dbeta
+
+
+BATCHNORM_BACKWARD = Check(
+    title="batchnorm_backward", args=("dout", "x", "gamma", "eps"), outputs=("dx", "dgamma", "dbeta"),
+    cases=_backward_cases,
+    describe=lambda dout, x, gamma, eps: f"x of shape {x.shape}",
+    reference=_backward_reference,
+    mistakes={
+        "dgamma and dbeta are swapped: return (dx, dgamma, dbeta).": _backward_swapped,
+        "dx misses the term - x_hat * sum(dout * x_hat): the path through the variance. "
+        "An all-ones dout would not notice.": _backward_without_variance_path,
+        "dx misses the term - sum(dout): the path through the mean. (Each column of a right dx "
+        "sums to 0: shifting a column of x changes no output.)": _backward_without_mean_path,
+        "dx misses the factor gamma: the gradient reaches x_hat through out = gamma * x_hat + beta.":
+            _backward_without_gamma,
+    },
+    hint="Each column of a right dx sums to 0 (shifting a column of x changes no output).")
 
 
 def check_batchnorm_backward(batchnorm_backward_fn):
@@ -1742,35 +2041,60 @@ def check_batchnorm_backward(batchnorm_backward_fn):
         dx = gamma * invstd / m * (m * dout - sum(dout) - x_hat * sum(dout * x_hat)).
     Reference: PyTorch autograd through torch.nn.functional.batch_norm (training mode),
     with a random upstream gradient (an all-ones one would hide the x_hat term)."""
+    return _run(BATCHNORM_BACKWARD, batchnorm_backward_fn)
+
+
+# --- notebook 04: update_running_stats ------------------------------------------------------
+
+def _running_stats_cases():
+    cases = []
+    for n, d, momentum in ((3, 4, 0.3), (6, 2, 0.05), (16, 3, 0.1)):
+        rng = np.random.default_rng(100 + n)
+        x, _, _, _ = _spread_batch((n, d), seed=100 + 10 * n)
+        cases.append((rng.standard_normal(d), 0.5 + rng.random(d), x, momentum))
+    return cases
+
+
+def _running_stats_reference(running_mean, running_var, x, momentum):
     import torch
-    import torch.nn.functional as F
+    bn = torch.nn.BatchNorm1d(x.shape[1], momentum=momentum, dtype=torch.float64).train()
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.from_numpy(running_mean))
+        bn.running_var.copy_(torch.from_numpy(running_var))
+        bn(torch.from_numpy(x))
+    return bn.running_mean.numpy().copy(), bn.running_var.numpy().copy()
 
-    def check():
-        for n, d in ((7, 3), (2, 4), (16, 5)):
-            x, gamma, beta, dout = _dense_like_batch(n, d, seed=10 * n + d)
-            xt, gt, bt = (torch.tensor(a, requires_grad=True) for a in (x, gamma, beta))
-            F.batch_norm(xt, None, None, gt, bt, training=True, eps=1e-5).backward(torch.from_numpy(dout))
-            got = batchnorm_backward_fn(dout.copy(), x.copy(), gamma.copy(), 1e-5)
-            if not isinstance(got, (tuple, list)) or len(got) != 3:
-                raise CheckFailed("return the three gradients as a tuple: (dx, dgamma, dbeta).")
-            dx, dgamma, dbeta = got
-            if dgamma is not None and dbeta is not None and np.shape(dgamma) == (d,) and \
-                    np.allclose(dgamma, bt.grad.numpy()) and np.allclose(dbeta, gt.grad.numpy()):
-                raise CheckFailed("dgamma and dbeta are swapped: return (dx, dgamma, dbeta).")
-            if dx is not None and np.shape(dx) == x.shape:
-                invstd = 1.0 / np.sqrt(x.var(axis=0) + 1e-5)
-                no_var_term = gamma * invstd * (dout - dout.mean(axis=0))
-                if np.allclose(dx, no_var_term, atol=1e-10):
-                    raise CheckFailed("dx misses the term - x_hat * sum(dout * x_hat): the path "
-                                      "through the variance. An all-ones dout would not notice.")
-                if not np.allclose(dx.sum(axis=0), 0, atol=1e-8):
-                    raise CheckFailed("each column of dx should sum to 0 (shifting a column of x "
-                                      "changes no output); yours does not: check the "
-                                      "- sum(dout) term, the path through the mean.")
-            for name, g, ref in zip(("dx", "dgamma", "dbeta"), got, (xt.grad, gt.grad, bt.grad)):
-                expect_array(f"{name} for x of shape {x.shape}", g, ref.numpy(), tol=1e-8)
 
-    return run_check("batchnorm_backward", check)
+def _running_stats(running_mean, running_var, mean_weight, var_weight, mu, var):
+    """(new_mean, new_var), each weighting the batch statistic by its weight."""
+    return ((1 - mean_weight) * running_mean + mean_weight * mu,
+            (1 - var_weight) * running_var + var_weight * var)
+
+
+def _unbiased(x):
+    return x.var(axis=0, ddof=1)
+
+
+RUNNING_STATS_UPDATE = Check(
+    title="update_running_stats", args=("running_mean", "running_var", "x", "momentum"),
+    outputs=("running_mean", "running_var"),
+    cases=_running_stats_cases,
+    describe=lambda running_mean, running_var, x, momentum: f"x of shape {x.shape}, momentum={momentum}",
+    reference=_running_stats_reference,
+    mistakes={
+        "Your momentum weights the OLD value (Keras's convention). In PyTorch, momentum weights "
+        "the NEW batch statistic: (1 - momentum) * running + momentum * batch.":
+            lambda rm, rv, x, momentum: _running_stats(rm, rv, 1 - momentum, momentum, x.mean(0), _unbiased(x)),
+        "running_var: you used the biased batch variance (1/N); PyTorch stores the unbiased one, "
+        "var * N / (N - 1), while it normalizes with the biased one.":
+            lambda rm, rv, x, momentum: _running_stats(rm, rv, momentum, momentum, x.mean(0), x.var(0)),
+        "running_var: you used the standard deviation instead of the variance.":
+            lambda rm, rv, x, momentum: _running_stats(rm, rv, momentum, momentum, x.mean(0),
+                                                       np.sqrt(_unbiased(x))),
+        "running_var: you used momentum weighting the OLD variance (Keras's convention).":
+            lambda rm, rv, x, momentum: _running_stats(rm, rv, momentum, 1 - momentum, x.mean(0), _unbiased(x)),
+    },
+    may_change=("running_mean", "running_var"))
 
 
 def check_running_stats_update(update_running_stats):
@@ -1779,94 +2103,123 @@ def check_running_stats_update(update_running_stats):
     convention, momentum weighting the NEW batch statistic, the unbiased variance stored:
         new_mean = (1 - momentum) * running_mean + momentum * mean(x)
         new_var  = (1 - momentum) * running_var  + momentum * var(x) * N / (N - 1)
-    Reference: torch.nn.BatchNorm1d's running_mean and running_var over several steps."""
-    import torch
+    Updating running_mean and running_var in place is allowed; x must stay as it was.
+    Reference: torch.nn.BatchNorm1d's running_mean and running_var after one training step."""
+    return _run(RUNNING_STATS_UPDATE, update_running_stats)
 
-    def check():
-        for n, d, momentum in ((3, 4, 0.3), (6, 2, 0.05)):
-            bn = torch.nn.BatchNorm1d(d, momentum=momentum, dtype=torch.float64)
-            rm, rv = np.zeros(d), np.ones(d)
-            for step in range(1, 5):
-                x, _, _, _ = _dense_like_batch(n, d, seed=100 + 10 * n + step)
-                x_before = x.copy()
-                got = update_running_stats(rm.copy(), rv.copy(), x, momentum)
-                if not np.array_equal(x, x_before):
-                    raise CheckFailed("your function changed its input x in place; work on a copy.")
-                if not isinstance(got, (tuple, list)) or len(got) != 2:
-                    raise CheckFailed("return the two new statistics as a tuple: (running_mean, running_var).")
-                bn(torch.from_numpy(x))
-                want_mean, want_var = bn.running_mean.numpy().copy(), bn.running_var.numpy().copy()
-                mu, var = x.mean(axis=0), x.var(axis=0)
-                new_mean, new_var = (np.asarray(g, dtype=np.float64) if g is not None else g for g in got)
-                if new_mean is not None and new_mean.shape == mu.shape and \
-                        np.allclose(new_mean, momentum * rm + (1 - momentum) * mu):
-                    raise CheckFailed("your momentum weights the OLD value (Keras's convention). In "
-                                      "PyTorch, momentum weights the NEW batch statistic: "
-                                      "(1 - momentum) * running + momentum * batch.")
-                mistakes = {"the biased batch variance (1/N); PyTorch stores the unbiased one, "
-                            "var * N / (N - 1), while it normalizes with the biased one":
-                            (1 - momentum) * rv + momentum * var,
-                            "the standard deviation instead of the variance":
-                            (1 - momentum) * rv + momentum * np.sqrt(var * n / (n - 1)),
-                            "momentum weighting the OLD variance (Keras's convention)":
-                            momentum * rv + (1 - momentum) * var * n / (n - 1)}
-                for mistake, value in mistakes.items():
-                    if new_var is not None and new_var.shape == value.shape and np.allclose(new_var, value):
-                        raise CheckFailed(f"running_var: you used {mistake}.")
-                where = f"after step {step} (x of shape {x.shape}, momentum={momentum})"
-                expect_array(f"running_mean {where}", got[0], want_mean, tol=1e-10)
-                expect_array(f"running_var {where}", got[1], want_var, tol=1e-10)
-                rm, rv = want_mean, want_var
 
-    return run_check("update_running_stats", check)
+# --- notebook 05: batchnorm_nhwc, spatial_batchnorm_backward --------------------------------
+
+def _nhwc_cases():
+    cases = []
+    for shape, eps in (((3, 6, 5, 4), 1e-3), ((1, 7, 3, 2), 1e-5)):               # (N, C, H, W)
+        x, gamma, beta, _ = _spread_batch(shape, seed=shape[1])
+        cases.append((np.ascontiguousarray(x.transpose(0, 2, 3, 1)), gamma, beta, eps))  # (N, H, W, C)
+    return cases
+
+
+def _nhwc_reference(x, gamma, beta, eps):
+    out = _torch_batchnorm(x.transpose(0, 3, 1, 2), gamma, beta, eps)[3]     # on the (N, C, H, W) view
+    return out.detach().permute(0, 2, 3, 1).numpy()
+
+
+def _nhwc_over(axes, ddof=0):
+    """A channels-last BN taking its statistics over `axes`, with variance ddof."""
+    def batchnorm_nhwc(x, gamma, beta, eps=1e-5):
+        mu, var = x.mean(axis=axes, keepdims=True), x.var(axis=axes, ddof=ddof, keepdims=True)
+        return gamma * (x - mu) / np.sqrt(var + eps) + beta
+    return batchnorm_nhwc
+
+
+BATCHNORM_NHWC = Check(
+    title="batchnorm_nhwc", args=("x", "gamma", "beta", "eps"), outputs="out",
+    cases=_nhwc_cases,
+    describe=lambda x, gamma, beta, eps: f"x of shape {x.shape} (N, H, W, C), eps={eps}",
+    reference=_nhwc_reference,
+    mistakes={
+        "You normalized with the unbiased variance (1/(m-1)); training-mode BN uses the biased one, 1/m.":
+            _nhwc_over((0, 1, 2), ddof=1),
+        "You took the statistics over axes (0, 2, 3), as for (N, C, H, W); here the channel is "
+        "the last axis, so take them over axes (0, 1, 2).":
+            _nhwc_over((0, 2, 3)),
+    })
 
 
 def check_batchnorm_nhwc(batchnorm_nhwc):
     """Exercise check (notebook 05): batchnorm_nhwc(x, gamma, beta, eps) for TensorFlow's
     channels-last layout, x (N, H, W, C) -> out (N, H, W, C), statistics per channel
     over N, H, W. Reference: torch.nn.functional.batch_norm on the (N, C, H, W) view."""
-    import torch
-    import torch.nn.functional as F
+    return _run(BATCHNORM_NHWC, batchnorm_nhwc)
 
-    def check():
-        for shape, eps in (((3, 6, 5, 4), 1e-3), ((1, 7, 3, 2), 1e-5)):   # (N, C, H, W)
-            x_nchw, gamma, beta, _ = _conv_like_batch(shape, seed=shape[1])
-            x = np.ascontiguousarray(x_nchw.transpose(0, 2, 3, 1))         # (N, H, W, C)
-            x_before = x.copy()
-            got = batchnorm_nhwc(x, gamma, beta, eps)
-            if not np.array_equal(x, x_before):
-                raise CheckFailed("your function changed its input x in place; work on a copy.")
-            want = F.batch_norm(torch.from_numpy(x_nchw), None, None, torch.from_numpy(gamma),
-                                torch.from_numpy(beta), training=True, eps=eps)
-            want = want.permute(0, 2, 3, 1).numpy()
-            unbiased = (x - x.mean(axis=(0, 1, 2))) / np.sqrt(x.var(axis=(0, 1, 2), ddof=1) + eps)
-            if got is not None and np.shape(got) == want.shape and np.allclose(got, unbiased * gamma + beta):
-                raise CheckFailed("you normalized with the unbiased variance (1/(m-1)); "
-                                  "training-mode BN uses the biased one, 1/m.")
-            expect_array(f"out for x of shape {x.shape} (N, H, W, C), eps={eps}", got, want, tol=1e-8)
 
-    return run_check("batchnorm_nhwc", check)
+def _spatial_backward_cases():
+    cases = []
+    for shape in ((2, 3, 4, 5), (1, 4, 3, 3)):
+        x, gamma, beta, dout = _spread_batch(shape, seed=7 + shape[1])
+        cases.append((dout, x, gamma, beta, 1e-5))
+    return cases
+
+
+def _spatial_backward_reshaped(dout, x, gamma, beta, eps=1e-5):
+    n, c, h, w = x.shape
+    to_2d = lambda a: a.transpose(0, 2, 3, 1).reshape(n * h * w, c)
+    m, invstd, x_hat, dgamma, dbeta = _columns_backward(to_2d(dout), to_2d(x), gamma, eps)
+    dx = gamma * invstd / m * (m * to_2d(dout) - dbeta - x_hat * dgamma)
+    return dx.reshape(n, c, h, w), dgamma, dbeta                        # no transpose back
+
+
+SPATIAL_BATCHNORM_BACKWARD = Check(
+    title="spatial_batchnorm_backward", args=("dout", "x", "gamma", "beta", "eps"),
+    outputs=("dx", "dgamma", "dbeta"),
+    cases=_spatial_backward_cases,
+    describe=lambda dout, x, gamma, beta, eps: f"x of shape {x.shape} (N, C, H, W)",
+    reference=_torch_batchnorm_grads,
+    mistakes={
+        "dx went back to (N, C, H, W) by reshape alone; reshape to (N, H, W, C) first, then "
+        "transpose(0, 3, 1, 2).": _spatial_backward_reshaped,
+    })
 
 
 def check_spatial_batchnorm_backward(spatial_batchnorm_backward):
     """Exercise check (notebook 05): spatial_batchnorm_backward(dout, x, gamma, beta, eps)
     -> (dx, dgamma, dbeta) for x (N, C, H, W), dx of x's shape, dgamma and dbeta (C,).
     Reference: PyTorch autograd through torch.nn.functional.batch_norm (training mode)."""
+    return _run(SPATIAL_BATCHNORM_BACKWARD, spatial_batchnorm_backward)
+
+
+# --- notebook 06: x_hat_of_example ----------------------------------------------------------
+
+def _x_hat_cases():
+    rng = np.random.default_rng(6)
+    return [(3.0, np.array([1.0]), 1e-5), (-2.5, 40.0 + 7.0 * rng.standard_normal(5), 1e-5),
+            (0.75, rng.random(63), 0.1), (100.0, 90.0 + rng.standard_normal(3), 1e-3)]
+
+
+def _x_hat_reference(value, batchmates, eps):
     import torch
     import torch.nn.functional as F
+    batch = torch.from_numpy(np.concatenate([[value], batchmates])[:, None])
+    return F.batch_norm(batch, None, None, training=True, eps=eps)[0, 0].item()
 
-    def check():
-        for shape in ((2, 3, 4, 5), (1, 4, 3, 3)):
-            x, gamma, beta, dout = _conv_like_batch(shape, seed=7 + shape[1])
-            xt, gt, bt = (torch.tensor(a, requires_grad=True) for a in (x, gamma, beta))
-            F.batch_norm(xt, None, None, gt, bt, training=True, eps=1e-5).backward(torch.from_numpy(dout))
-            got = spatial_batchnorm_backward(dout, x.copy(), gamma, beta, 1e-5)
-            if not isinstance(got, (tuple, list)) or len(got) != 3:
-                raise CheckFailed("return the three gradients as a tuple: (dx, dgamma, dbeta).")
-            for name, g, ref in zip(("dx", "dgamma", "dbeta"), got, (xt.grad, gt.grad, bt.grad)):
-                expect_array(f"{name} for x of shape {shape}", g, ref.numpy(), tol=1e-8)
 
-    return run_check("spatial_batchnorm_backward", check)
+def _x_hat_in(batch, value, var, eps):
+    return (value - batch.mean()) / np.sqrt(var + eps)
+
+
+X_HAT_OF_EXAMPLE = Check(
+    title="x_hat_of_example", args=("value", "batchmates", "eps"), outputs="x_hat",
+    cases=_x_hat_cases,
+    describe=lambda value, batchmates, eps: f"value={value} and {len(batchmates)} batchmate(s), eps={eps}",
+    reference=_x_hat_reference,
+    mistakes={
+        "You used the batchmates' statistics without the example itself; mu and var are over "
+        "the whole batch, the example included.":
+            lambda value, mates, eps: _x_hat_in(mates, value, mates.var(), eps),
+        "You used the unbiased variance (1/(m-1)); training-mode BN uses the biased one, 1/m.":
+            lambda value, mates, eps: _x_hat_in(np.r_[value, mates], value, np.r_[value, mates].var(ddof=1), eps),
+        "You used eps outside the square root; it goes inside: sqrt(var + eps).":
+            lambda value, mates, eps: (value - np.r_[value, mates].mean()) / (np.r_[value, mates].std() + eps),
+    })
 
 
 def check_x_hat_of_example(x_hat_of_example):
@@ -1874,104 +2227,113 @@ def check_x_hat_of_example(x_hat_of_example):
     normalized value of one example in the training-mode batch [value, *batchmates]:
         x_hat = (value - mu) / sqrt(var + eps), mu and var (biased, 1/m) over all m values.
     batchmates: (m - 1,). Reference: torch.nn.functional.batch_norm on the (m, 1) batch."""
+    return _run(X_HAT_OF_EXAMPLE, x_hat_of_example)
+
+
+# --- notebook 07: fold_linear_bn, groupnorm_rows --------------------------------------------
+
+def _fold_cases():
+    """float64 Linear + eval-mode BN parameters whose eps matters (some variances ~1e-3)."""
+    cases = []
+    for fan_in, fan_out, eps in ((5, 3, 1e-3), (2, 6, 1e-5)):
+        rng = np.random.default_rng(fan_in * fan_out)
+        W = rng.standard_normal((fan_in, fan_out))
+        b, beta, mean = (rng.standard_normal(fan_out) for _ in range(3))
+        gamma = 0.5 + rng.random(fan_out)
+        var = np.where(np.arange(fan_out) % 2 == 0, 1e-3, 1.0) * (1 + rng.random(fan_out))
+        cases.append((W, b, gamma, beta, mean, var, eps))
+    return cases
+
+
+def _fold_reference(W, b, gamma, beta, mean, var, eps):
     import torch
-    import torch.nn.functional as F
+    from torch.nn.utils.fusion import fuse_linear_bn_eval
+    fan_in, fan_out = W.shape
+    linear = torch.nn.Linear(fan_in, fan_out).double().eval()
+    bn = torch.nn.BatchNorm1d(fan_out, eps=eps).double().eval()
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(W.T))
+        for t, a in ((linear.bias, b), (bn.weight, gamma), (bn.bias, beta),
+                     (bn.running_mean, mean), (bn.running_var, var)):
+            t.copy_(torch.from_numpy(a))
+    fused = fuse_linear_bn_eval(linear, bn)
+    return fused.weight.detach().numpy().T, fused.bias.detach().numpy()
 
-    def check():
-        rng = np.random.default_rng(6)
-        cases = [(3.0, np.array([1.0]), 1e-5), (-2.5, 40.0 + 7.0 * rng.standard_normal(5), 1e-5),
-                 (0.75, rng.random(63), 0.1), (100.0, 90.0 + rng.standard_normal(3), 1e-3)]
-        for value, mates, eps in cases:
-            batch = np.concatenate([[value], mates])
-            want = F.batch_norm(torch.from_numpy(batch[:, None]), None, None, training=True,
-                                eps=eps)[0, 0].item()
-            got = x_hat_of_example(value, mates.copy(), eps)
-            if got is None:
-                raise CheckFailed("your function returned None: did it forget to `return`?")
-            if np.size(got) != 1:
-                raise CheckFailed(f"return one number (this example's x_hat), got shape {np.shape(got)}.")
-            got = float(np.asarray(got).ravel()[0])
-            m = len(batch)
-            wrong = {"the batchmates' statistics without the example itself; mu and var are over "
-                     "the whole batch, the example included":
-                     (value - mates.mean()) / np.sqrt(mates.var() + eps),
-                     "the unbiased variance (1/(m-1)); training-mode BN uses the biased one, 1/m":
-                     (value - batch.mean()) / np.sqrt(batch.var(ddof=1) + eps),
-                     "eps outside the square root; it goes inside: sqrt(var + eps)":
-                     (value - batch.mean()) / (batch.std() + eps)}
-            for mistake, bad in wrong.items():
-                if abs(got - bad) < 1e-9 and abs(bad - want) > 1e-6:
-                    raise CheckFailed(f"for a batch of {m} you used {mistake}.")
-            if abs(got - want) > 1e-8:
-                raise CheckFailed(f"for value={value} with {m - 1} batchmates (eps={eps}) you got "
-                                  f"{got:.6f}, expected {want:.6f}.")
 
-    return run_check("x_hat_of_example", check)
+def _folded(W, b, beta, mean, scale, keep_mean=True, keep_beta=True):
+    return W * scale, (b - mean * keep_mean) * scale + beta * keep_beta
+
+
+FOLD_LINEAR_BN = Check(
+    title="fold_linear_bn", args=("W", "b", "gamma", "beta", "mean", "var", "eps"),
+    outputs=("W_folded", "b_folded"),
+    cases=_fold_cases,
+    describe=lambda W, b, gamma, beta, mean, var, eps: f"W of shape {W.shape}, eps={eps}",
+    reference=_fold_reference,
+    mistakes={
+        "W_folded ignores eps: divide by sqrt(var + eps), as BN does.":
+            lambda W, b, gamma, beta, mean, var, eps: _folded(W, b, beta, mean, gamma / np.sqrt(var)),
+        "W_folded divides by var + eps; BN divides by its square root.":
+            lambda W, b, gamma, beta, mean, var, eps: _folded(W, b, beta, mean, gamma / (var + eps)),
+        "b_folded forgets the running mean: it is (b - mean) * scale + beta.":
+            lambda W, b, gamma, beta, mean, var, eps: _folded(W, b, beta, mean, gamma / np.sqrt(var + eps),
+                                                              keep_mean=False),
+        "b_folded forgets beta: it is (b - mean) * scale + beta.":
+            lambda W, b, gamma, beta, mean, var, eps: _folded(W, b, beta, mean, gamma / np.sqrt(var + eps),
+                                                              keep_beta=False),
+    })
 
 
 def check_fold_linear_bn(fold_linear_bn):
     """Exercise check (notebook 07): fold_linear_bn(W, b, gamma, beta, mean, var, eps)
     -> (W_folded, b_folded) for W (fan_in, fan_out), b and the BN arrays (fan_out,).
     Reference: torch.nn.utils.fusion.fuse_linear_bn_eval on the same torch layers."""
+    return _run(FOLD_LINEAR_BN, fold_linear_bn)
+
+
+def _groupnorm_cases():
+    cases = []
+    for n, d, num_groups, eps in ((4, 12, 3, 1e-5), (1, 10, 5, 1e-3), (6, 8, 1, 1e-5)):
+        rng = np.random.default_rng(d + num_groups)
+        x = rng.standard_normal((n, d)) * np.linspace(0.5, 4, d) + np.linspace(-3, 6, d)
+        cases.append((x, 1 + rng.random(d), rng.standard_normal(d), num_groups, eps))
+    return cases
+
+
+def _groupnorm_reference(x, gamma, beta, num_groups, eps):
     import torch
-    from torch.nn.utils.fusion import fuse_linear_bn_eval
+    import torch.nn.functional as F
+    out = F.group_norm(torch.from_numpy(x)[:, :, None], num_groups, torch.from_numpy(gamma),
+                       torch.from_numpy(beta), eps=eps)
+    return out[:, :, 0].numpy()
 
-    def check():
-        for fan_in, fan_out, eps in ((5, 3, 1e-3), (2, 6, 1e-5)):
-            W, b, gamma, beta, mean, var = _fold_case(fan_in, fan_out, seed=fan_in * fan_out)
-            linear = torch.nn.Linear(fan_in, fan_out).double().eval()
-            bn = torch.nn.BatchNorm1d(fan_out, eps=eps).double().eval()
-            with torch.no_grad():
-                linear.weight.copy_(torch.from_numpy(W.T))
-                for t, a in ((linear.bias, b), (bn.weight, gamma), (bn.bias, beta),
-                             (bn.running_mean, mean), (bn.running_var, var)):
-                    t.copy_(torch.from_numpy(a))
-            fused = fuse_linear_bn_eval(linear, bn)
-            W_ref, b_ref = fused.weight.detach().numpy().T, fused.bias.detach().numpy()
-            got = fold_linear_bn(W.copy(), b.copy(), gamma, beta, mean, var, eps)
-            if not isinstance(got, (tuple, list)) or len(got) != 2:
-                raise CheckFailed("return two arrays as a tuple: (W_folded, b_folded).")
-            W_got, b_got = got
-            scale0 = gamma / np.sqrt(var)
-            if np.shape(W_got) == W.shape and np.allclose(W_got, W * scale0):
-                raise CheckFailed("W_folded ignores eps: divide by sqrt(var + eps), as BN does.")
-            if np.shape(W_got) == W.shape and np.allclose(W_got, W * gamma / (var + eps)):
-                raise CheckFailed("W_folded divides by var + eps; BN divides by its square root.")
-            expect_array(f"W_folded for W of shape {W.shape}, eps={eps}", W_got, W_ref, tol=1e-10)
-            if np.shape(b_got) == b.shape and np.allclose(b_got, b * gamma / np.sqrt(var + eps) + beta):
-                raise CheckFailed("b_folded forgets the running mean: it is (b - mean) * scale + beta.")
-            expect_array(f"b_folded for fan_out={fan_out}, eps={eps}", b_got, b_ref, tol=1e-10)
 
-    return run_check("fold_linear_bn", check)
+def _normalized_over(x, shape, axis, eps):
+    """x normalized over `axis` of its view of `shape`, back in x's shape."""
+    v = x.reshape(shape)
+    return ((v - v.mean(axis=axis, keepdims=True)) / np.sqrt(v.var(axis=axis, keepdims=True) + eps)).reshape(x.shape)
+
+
+GROUPNORM_ROWS = Check(
+    title="groupnorm_rows", args=("x", "gamma", "beta", "num_groups", "eps"), outputs="out",
+    cases=_groupnorm_cases,
+    describe=lambda x, gamma, beta, num_groups, eps: f"x of shape {x.shape}, num_groups={num_groups}, eps={eps}",
+    reference=_groupnorm_reference,
+    mistakes={
+        "Your groups take every G-th feature; a group is D / G CONSECUTIVE features: reshape "
+        "to (N, G, D // G).":
+            lambda x, gamma, beta, G, eps: gamma * _normalized_over(x, (len(x), -1, G), 1, eps) + beta,
+        "You normalized each column over the batch: that is BatchNorm. GroupNorm takes "
+        "statistics over each ROW's group of features.":
+            lambda x, gamma, beta, G, eps: gamma * _normalized_over(x, x.shape, 0, eps) + beta,
+        "You normalized each whole row as one group: that is LayerNorm. Split each row into "
+        "num_groups groups of D // num_groups features.":
+            lambda x, gamma, beta, G, eps: gamma * _normalized_over(x, x.shape, 1, eps) + beta,
+    })
 
 
 def check_groupnorm_rows(groupnorm_rows):
     """Exercise check (notebook 07): groupnorm_rows(x, gamma, beta, num_groups, eps) for
     x (N, D) -> out (N, D); each row's D features split into num_groups consecutive groups.
     Reference: torch.nn.functional.group_norm on x seen as (N, D, 1)."""
-    import torch
-    import torch.nn.functional as F
-
-    def check():
-        for n, d, groups, eps in ((4, 12, 3, 1e-5), (1, 10, 5, 1e-3), (6, 8, 1, 1e-5)):
-            rng = np.random.default_rng(d + groups)
-            x = rng.standard_normal((n, d)) * np.linspace(0.5, 4, d) + np.linspace(-3, 6, d)
-            gamma, beta = 1 + rng.random(d), rng.standard_normal(d)
-            x_before = x.copy()
-            got = groupnorm_rows(x, gamma, beta, groups, eps)
-            if not np.array_equal(x, x_before):
-                raise CheckFailed("your function changed its input x in place; work on a copy.")
-            want = F.group_norm(torch.from_numpy(x)[:, :, None], groups, torch.from_numpy(gamma),
-                                torch.from_numpy(beta), eps=eps)[:, :, 0].numpy()
-            if got is not None and np.shape(got) == want.shape and groups > 1:
-                strided = x.reshape(n, d // groups, groups)
-                xs = (strided - strided.mean(axis=1, keepdims=True)) / np.sqrt(strided.var(axis=1, keepdims=True) + eps)
-                if np.allclose(got, xs.reshape(n, d) * gamma + beta):
-                    raise CheckFailed("your groups take every G-th feature; a group is "
-                                      "D / G CONSECUTIVE features: reshape to (N, G, D // G).")
-            if got is not None and n > 1 and np.allclose(got, (x - x.mean(0)) / np.sqrt(x.var(0) + eps) * gamma + beta):
-                raise CheckFailed("you normalized each column over the batch: that is BatchNorm. "
-                                  "GroupNorm takes statistics over each ROW's group of features.")
-            expect_array(f"out for x {x.shape}, num_groups={groups}, eps={eps}", got, want, tol=1e-8)
-
-    return run_check("groupnorm_rows", check)
+    return _run(GROUPNORM_ROWS, groupnorm_rows)
