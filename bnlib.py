@@ -46,6 +46,7 @@ bnlib itself uses):
     layernorm_forward                 1   07
     layernorm_backward                1   -
     fold_batchnorm                    1   07
+    NotFiniteError                    1   -
     NormLayer                         2   -
     BatchNorm                         2   04
     GroupNorm                         2   -
@@ -228,6 +229,9 @@ def channel_mean_std(x):
     """
     x = _as_float_array(x, "channel_mean_std")
     xv, axes, _ = _channel_view(x, "channel_mean_std")
+    if x.size == 0:
+        raise ValueError(f"channel_mean_std: x is empty (shape {x.shape}); statistics need at least one value.")
+    _check_finite(x, "channel_mean_std")
     mu = xv.mean(axis=axes, keepdims=True)
     std = np.sqrt(np.mean(np.square(xv - mu), axis=axes))
     return mu.ravel(), std.ravel()
@@ -281,10 +285,11 @@ def groupnorm_backward(dout, cache):
     and, summed over the batch (and H, W): dgamma = sum(dout * x_hat), dbeta = sum(dout).
     """
     x_hat, invstd, gamma, shape = cache["x_hat"], cache["invstd"], cache["gamma"], cache["shape"]
-    dout = np.asarray(dout, dtype=x_hat.dtype)
+    dout = _as_float_array(dout, "groupnorm_backward", "dout").astype(x_hat.dtype)
     if dout.shape != shape:
         raise ValueError(f"groupnorm_backward: dout must have the forward output's shape "
                          f"{shape}, got {dout.shape}.")
+    _check_finite(dout, "groupnorm_backward", "dout")
     axes = (0,) if len(shape) == 2 else (0, 2, 3)
     dbeta = dout.sum(axis=axes)
     dgamma = np.sum(dout * x_hat.reshape(shape), axis=axes)
@@ -338,6 +343,11 @@ def fold_batchnorm(W, b, gamma, beta, mean, var, eps=1e-5):
                              "A Linear's W is (fan_in, fan_out): transpose torch's (out, in) weight.")
         params.append(p)
     gamma, beta, mean, var, b = params
+    for p, name in ((W, "W"), *zip(params, ("gamma", "beta", "mean", "var", "b"))):
+        _check_finite(p, caller, name)
+    if np.any(var < 0):
+        raise ValueError(f"{caller}: var has negative entries; a running variance is >= 0 "
+                         "(did you pass the standard deviation's log, or swap mean and var?).")
     scale = gamma / np.sqrt(var + eps)
     W_folded = W * scale if W.ndim == 2 else W * scale.reshape(-1, 1, 1, 1)
     return W_folded, (b - mean) * scale + beta
@@ -384,9 +394,13 @@ def _channel_view(x, caller):
         f"({x.ndim}-D). Reshape it, e.g. x.reshape(len(x), -1) for a batch of vectors.")
 
 
+class NotFiniteError(ValueError):
+    """A value that must be finite holds NaN or inf (train_model reads it as divergence)."""
+
+
 def _check_finite(values, caller, name="x"):
     if not np.isfinite(values).all():
-        raise ValueError(f"{caller}: {name} contains NaN or inf; check the layer before "
+        raise NotFiniteError(f"{caller}: {name} contains NaN or inf; check the layer before "
                          "(a diverging learning rate is the usual cause).")
 
 
@@ -676,7 +690,12 @@ class NoisyBatchNorm(BatchNorm):
 
 
 def sigmoid(z):
-    """Logistic function 1 / (1 + exp(-z)), computed without overflow for large |z|."""
+    """Logistic function 1 / (1 + exp(-z)), computed without overflow for large |z|.
+    NaN in z is refused (sigmoid(inf) = 1 and sigmoid(-inf) = 0 are fine)."""
+    z = _as_float_array(z, "sigmoid", "z")
+    if np.isnan(z).any():
+        raise ValueError("sigmoid: z contains NaN; check the layer before (a diverging learning "
+                         "rate is the usual cause).")
     e = np.exp(-np.abs(z))
     return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(np.result_type(z, np.float32))
 
@@ -707,6 +726,12 @@ class Linear:
         self.dW = self.db = None
 
     def forward(self, x):
+        x = _as_float_array(x, "Linear.forward")
+        fan_in = self.W.shape[0]
+        if x.ndim != 2 or x.shape[1] != fan_in:
+            raise ValueError(f"Linear.forward: x must be (N, {fan_in}), one row of {fan_in} inputs an "
+                             f"example; got shape {x.shape}. Flatten images first: x.reshape(len(x), -1).")
+        _check_finite(x, "Linear.forward")
         self._x = x
         return x @ self.W if self.b is None else x @ self.W + self.b
 
@@ -815,6 +840,10 @@ def softmax_cross_entropy(logits, y):
     if logits.ndim != 2 or logits.shape[1] < 1:
         raise ValueError(f"softmax_cross_entropy: logits must be (N, K), one row of class scores "
                          f"an example; got shape {logits.shape}.")
+    if len(logits) == 0:
+        raise ValueError("softmax_cross_entropy: logits is empty (0 examples); the mean loss of no "
+                         "examples is undefined. Pass a batch of at least one.")
+    _check_finite(logits, "softmax_cross_entropy", "logits")
     y = _labels(y, len(logits), logits.shape[1], "softmax_cross_entropy")
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
@@ -889,10 +918,13 @@ def train_model(model, X, y, steps, batch_size=60, lr=0.1, X_test=None, y_test=N
     for step in tqdm(range(1, steps + 1), disable=not progress, leave=False, desc="training"):
         idx = rng.integers(0, len(X), size=batch_size)
         model.train()
-        with np.errstate(all="ignore"):
-            loss, dlogits = softmax_cross_entropy(model.forward(X[idx]), y[idx])
-            model.backward(dlogits)
-            sgd_step(model, lr)
+        try:
+            with np.errstate(all="ignore"):
+                loss, dlogits = softmax_cross_entropy(model.forward(X[idx]), y[idx])
+                model.backward(dlogits)
+                sgd_step(model, lr)
+        except NotFiniteError:                 # activations overflowed: the run diverged
+            loss = float("nan")
         history["step"].append(step)
         history["loss"].append(loss)
         if not np.isfinite(loss) or not all(np.isfinite(p).all() for _, p, _ in model.parameters()):
@@ -962,10 +994,18 @@ def rel_error(a, b):
     """Largest elementwise relative error: max |a - b| / max(1e-8, |a| + |b|).
 
     As in CS231n: below 1e-7 is right in float64; 1e-2 or more is almost surely a bug.
+    NaN (or an inf on one side only) gives inf: it is never close to anything.
     """
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    a = _as_float_array(a, "rel_error", "a").astype(np.float64)
+    b = _as_float_array(b, "rel_error", "b").astype(np.float64)
     if a.shape != b.shape:
         raise ValueError(f"rel_error: shapes differ, {a.shape} vs {b.shape}.")
+    if np.isnan(a).any() or np.isnan(b).any() or np.any(np.isinf(a) != np.isinf(b)) \
+            or np.any(np.isinf(a) & (a != b)):
+        return float("inf")
+    if a.size == 0:
+        return 0.0
+    a, b = np.where(np.isinf(a), 0.0, a), np.where(np.isinf(b), 0.0, b)   # equal infs agree
     return float(np.max(np.abs(a - b) / np.maximum(1e-8, np.abs(a) + np.abs(b))))
 
 
@@ -985,6 +1025,7 @@ def numerical_gradient(f, x, dout, h=1e-5):
     if not (isinstance(h, (int, float, np.floating)) and np.isfinite(h) and h > 0):
         raise ValueError(f"numerical_gradient: h must be a small number > 0, e.g. 1e-5; got {h!r}.")
     dout = _as_float_array(dout, "numerical_gradient", "dout")
+    _check_finite(x, "numerical_gradient")
     grad = np.zeros_like(x, dtype=np.float64)
     for i in np.ndindex(x.shape):
         old = x[i]
@@ -1090,9 +1131,10 @@ def ink_and_width(X):
         ink   = sum of the 784 pixel values (0..784; a real digit has about 20-300),
         width = rightmost - leftmost + 1 over the columns holding a pixel > 0.5 (0..28 pixels).
     """
-    X = np.asarray(X)
+    X = _as_float_array(X, "ink_and_width", "X")
     if X.ndim != 2 or X.shape[1] != 784:
         raise ValueError(f"ink_and_width: X must be (N, 784) flattened 28x28 digits, got shape {X.shape}.")
+    _check_finite(X, "ink_and_width", "X")
     cols = (X.reshape(-1, 28, 28) > 0.5).any(axis=1)                  # (N, 28): column has ink
     left = np.argmax(cols, axis=1)
     right = 27 - np.argmax(cols[:, ::-1], axis=1)
@@ -1104,9 +1146,11 @@ def ink_and_width(X):
 # Logistic regression on a few features: p = sigmoid(X w + b), y in {0, 1}.
 
 def _logreg_args(w, X, y, caller):
-    w, X, y = (np.asarray(a, dtype=np.float64) for a in (w, X, y))
+    w, X, y = (_as_float_array(a, caller, name).astype(np.float64) for a, name in ((w, "w"), (X, "X"), (y, "y")))
     if X.ndim != 2 or y.shape != (X.shape[0],):
         raise ValueError(f"{caller}: X must be (N, D) and y (N,), got {X.shape} and {y.shape}.")
+    for a, name in ((w, "w"), (X, "X")):
+        _check_finite(a, caller, name)
     if w.shape[-1:] != (X.shape[1],):
         raise ValueError(f"{caller}: w must end in D={X.shape[1]} (one weight per feature), got {w.shape}.")
     if not np.all((y == 0) | (y == 1)):
@@ -1274,6 +1318,7 @@ def ewma(values, momentum, start=0.0):
     values = _as_float_array(values, "ewma", "values").astype(np.float64)
     if values.ndim not in (1, 2):
         raise ValueError(f"ewma: values must be (T,) or (T, D), one row a step; got shape {values.shape}.")
+    _check_finite(values, "ewma", "values")
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"ewma: momentum must be in [0, 1] (the weight of the NEW value, PyTorch's "
                          f"convention), got {momentum}. For Keras's momentum k pass 1 - k.")
@@ -1376,6 +1421,7 @@ def x_hat_in_random_batches(x, index, batch_size, n_batches, eps=1e-5, seed=0):
         raise ValueError(f"{caller}: batch_size must be an integer >= 2 (a batch of one has no "
                          f"spread) and n_batches >= 1; got {batch_size!r} and {n_batches!r}.")
     _check_eps(eps, caller)
+    _check_finite(x, caller)
     rng = np.random.default_rng(seed)
     others = np.delete(x, int(index))
     mates = others[rng.integers(0, len(others), size=(int(n_batches), int(batch_size) - 1))]

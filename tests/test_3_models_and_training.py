@@ -209,3 +209,12 @@ def test_train_model_refuses_labels_beyond_the_models_classes():
     model = bnlib.MLP([4, 3, 2])
     with pytest.raises(ValueError, match="0..1"):
         bnlib.train_model(model, np.zeros((3, 4)), np.array([0, 1, 2]), steps=1, progress=False)
+
+
+def test_divergence_caught_by_a_layer_check_ends_the_run_as_diverged():
+    X, y = bnlib.load_mnist(train=True)
+    model = bnlib.MLP([784, 50, 50, 10], activation="relu", seed=0)
+    hist = bnlib.train_model(model, X, y, steps=60, lr=1e4, progress=False)   # float32 overflows
+    assert hist["diverged"] and len(hist["loss"]) < 60 and not np.isfinite(hist["loss"][-1])
+    with pytest.raises(bnlib.NotFiniteError, match="Linear.forward: x contains NaN or inf"):
+        model.forward(np.full((2, 784), np.inf))
