@@ -160,3 +160,28 @@ def test_plot_bn_graph_labels_local_derivatives(fig):
     texts = " ".join(t.get_text() for t in fig.axes[0].texts)
     for local in (r"1/m", r"1/(2s)", r"-1/s^2", r"2x_{c,i}/m"):
         assert local in texts
+
+
+def test_a_slider_panel_carries_a_still_picture_with_its_moving_artists_and_fixed_text():
+    import base64
+    import io
+    import ipywidgets
+    from ipympl.backend_nbagg import new_figure_manager_given_figure
+    fig, ax = plt.subplots(figsize=(3, 2), dpi=50)
+    new_figure_manager_given_figure(990, fig)            # an ipympl canvas, as in the notebooks
+    ax.set_xlim(0, 1), ax.set_ylim(0, 1)
+    (line,) = ax.plot([0, 1], [0.5, 0.5], color="red", lw=8)
+    bnlib.LiveFigure(fig, [line])                      # the line becomes animated
+    slider = ipywidgets.FloatSlider(value=1.0)
+    panel = bnlib.slider_panel([slider], fig)
+    bundle = panel._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert bundle["text/plain"] == bnlib._SLIDER_PANEL_TEXT and "FloatSlider" not in bundle["text/plain"]
+    picture = plt.imread(io.BytesIO(base64.b64decode(bundle["image/png"])))
+    reds = (picture[..., 0] > 0.9) & (picture[..., 1] < 0.2) & (picture[..., 2] < 0.2)
+    assert reds.sum() > 100                              # the moving line is in the picture
+    assert line.get_animated()                           # and still moves by blitting afterwards
+    live_background = np.asarray(panel.children[1].copy_from_bbox(fig.bbox))
+    assert ((live_background[..., 0] > 230) & (live_background[..., 1] < 50)).sum() == 0   # no ghost
+    assert fig.canvas._data_url == "data:image/png;base64," + bundle["image/png"]
+    plt.close(fig)
