@@ -1,7 +1,10 @@
 """bnlib section 7, plots and widgets: LiveFigure (a slider's redraw by blitting shows what a
 full redraw shows, and blits instead of drawing everything) and plot_bn_graph (the
 computational graph of Algorithm 1 of Ioffe & Szegedy, 2015, arXiv 1502.03167, for one
-neuron, drawn as boxes and arrows)."""
+neuron, drawn as boxes and arrows), slider_panel's still picture, and the progress line of train_model."""
+import re
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -185,3 +188,57 @@ def test_a_slider_panel_carries_a_still_picture_with_its_moving_artists_and_fixe
     assert ((live_background[..., 0] > 230) & (live_background[..., 1] < 50)).sum() == 0   # no ghost
     assert fig.canvas._data_url == "data:image/png;base64," + bundle["image/png"]
     plt.close(fig)
+
+
+class _Handle:
+    def __init__(self, shown):
+        self.shown = shown
+
+    def update(self, bundle, raw=True):
+        self.shown.append(bundle)
+
+
+@pytest.fixture
+def progress_shown(monkeypatch):
+    """Every bundle train_model's progress display shows, as if in a notebook."""
+    import IPython.display
+    shown = []
+    monkeypatch.setattr(bnlib, "_in_notebook", lambda: True)
+    monkeypatch.setattr(IPython.display, "display",
+                        lambda bundle, raw=True, display_id=False: shown.append(bundle) or _Handle(shown))
+    return shown
+
+
+def _nbval_sanitized(text):
+    import configparser
+    import re
+    config = configparser.ConfigParser()
+    config.read(Path(__file__).parent / "sanitize.cfg")
+    for section in config.sections():
+        text = re.sub(config[section]["regex"], config[section]["replace"], text)
+    return text
+
+
+def test_progress_ends_as_a_line_saying_how_many_steps_ran(progress_shown):
+    X, y = bnlib.load_mnist(train=True)
+    bnlib.train_model(bnlib.MLP([784, 20, 10], seed=0), X[:500], y[:500], steps=30, progress=True)
+    first, last = progress_shown[0], progress_shown[-1]
+    assert first["text/plain"] == "training: 0/30 steps"
+    assert re.fullmatch(r"training: 30 steps in \d+\.\d s", last["text/plain"]), last
+    for mime in ("text/plain", "text/html"):                 # nbval compares the first with the last
+        assert _nbval_sanitized(first[mime]) == _nbval_sanitized(last[mime])
+
+
+def test_a_diverged_run_says_where_it_stopped(progress_shown):
+    X, y = bnlib.load_mnist(train=True)
+    hist = bnlib.train_model(bnlib.MLP([784, 50, 10], activation="linear", seed=0), X, y, steps=50,
+                             lr=5.0, progress=True)
+    last = progress_shown[-1]["text/plain"]
+    assert f"diverged at step {len(hist['loss'])} of 50 (loss " in last and "#b00" in progress_shown[-1]["text/html"]
+    assert _nbval_sanitized(last) == _nbval_sanitized(progress_shown[0]["text/plain"])
+
+
+def test_no_progress_display_outside_a_notebook(capsys):
+    X, y = bnlib.load_mnist(train=True)
+    bnlib.train_model(bnlib.MLP([784, 20, 10], seed=0), X[:100], y[:100], steps=3, progress=True)
+    assert capsys.readouterr() == ("", "")
