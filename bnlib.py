@@ -84,8 +84,11 @@ bnlib itself uses):
     ewma_lag_and_noise                6   04
     x_hat_in_random_batches           6   06
     loss_along_gradient               6   06
+    METHOD_COLORS                     7   -
     BN_COLOR                          7   01
     PLAIN_COLOR                       7   01
+    DATA_COLORS                       7   -
+    method_color                      7   -
     interactive_figure                7   01
     LiveFigure                        7   01
     slider_panel                      7   01
@@ -1478,28 +1481,59 @@ def loss_along_gradient(model, X, y, step_sizes):
 # Colours, figures and sliders: how the course draws, never what it computes.
 # ==============================================================================================
 
-# One colour for "with BN" and one for "without BN", across the whole course.
-BN_COLOR = "#1b9e77"
+# One colour per method across the whole course (ColorBrewer's Dark2: distinct on white and
+# for the common colour-vision deficiencies). Keys: the MLP's norm names, None for no
+# normalization, and the other variants the notebooks compare. Data that is not a method
+# (two classes of digits, three features) takes DATA_COLORS, which no method uses.
+METHOD_COLORS = {
+    "batch": "#1b9e77",          # BatchNorm (training-mode batch statistics)
+    None: "#d95f02",             # no normalization
+    "layer": "#7570b3",          # LayerNorm
+    "group": "#e7298a",          # GroupNorm
+    "noisy_batch": "#66a61e",    # BatchNorm with injected noise (notebook 06)
+    "precise": "#e6ab02",        # BN with population statistics recomputed after training
+    "residual": "#a6761d",       # BN in a residual network (notebook 08)
+}
+BN_COLOR = METHOD_COLORS["batch"]
+PLAIN_COLOR = METHOD_COLORS[None]
+DATA_COLORS = ("#1f78b4", "#a6cee3", "#4d4d4d")
 
 
-PLAIN_COLOR = "#d95f02"
+def method_color(method):
+    """The course's colour of a method: "batch", "layer", "group", "noisy_batch", "precise",
+    "residual", or None for no normalization (bnlib.METHOD_COLORS)."""
+    if method not in METHOD_COLORS:
+        raise KeyError(f"method_color: no colour for {method!r}; the methods are "
+                       f"{sorted(map(str, METHOD_COLORS))}. Add it to bnlib.METHOD_COLORS, once.")
+    return METHOD_COLORS[method]
 
 
 def interactive_figure(nrows=1, ncols=1, figsize=(6, 4), **kwargs):
-    """A figure for a slider to redraw: made without auto-display, ipympl header hidden.
+    """A figure for a slider to redraw: an ipympl canvas (a widget), header and toolbar off.
 
+    The course's notebooks draw static figures with `%matplotlib inline` (plain images,
+    visible everywhere); only these live figures are widgets. The figure is made outside
+    pyplot, so the inline backend does not also print it as an image at the end of the cell.
     Show it inside a widget box, e.g. slider_panel([slider], fig, readout).
     Returns (fig, axes) as plt.subplots does.
     """
     import matplotlib.pyplot as plt
-    with plt.ioff():
-        fig, axes = plt.subplots(nrows, ncols, figsize=figsize, **kwargs)
-    if hasattr(fig.canvas, "header_visible"):      # ipympl's canvas
-        fig.canvas.header_visible = False
-        fig.canvas.footer_visible = False
-        fig.canvas.toolbar_visible = False
-        fig.canvas.resizable = False
+    from ipympl.backend_nbagg import new_figure_manager_given_figure
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=figsize, layout=kwargs.pop("layout", None))
+    axes = fig.subplots(nrows, ncols, **kwargs)
+    global _live_figures
+    _live_figures += 1
+    with plt.ioff():                                   # shown by its panel, not by a backend
+        new_figure_manager_given_figure(1000 + _live_figures, fig)   # fig.canvas: ipympl's widget
+    fig.canvas.header_visible = False
+    fig.canvas.footer_visible = False
+    fig.canvas.toolbar_visible = False
+    fig.canvas.resizable = False
     return fig, axes
+
+
+_live_figures = 0
 
 
 class LiveFigure:

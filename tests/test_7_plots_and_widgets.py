@@ -242,3 +242,20 @@ def test_no_progress_display_outside_a_notebook(capsys):
     X, y = bnlib.load_mnist(train=True)
     bnlib.train_model(bnlib.MLP([784, 20, 10], seed=0), X[:100], y[:100], steps=3, progress=True)
     assert capsys.readouterr() == ("", "")
+
+
+def test_one_colour_per_method_and_none_shared_with_data():
+    colours = list(bnlib.METHOD_COLORS.values())
+    assert len(set(colours)) == len(colours) and not set(colours) & set(bnlib.DATA_COLORS)
+    assert set(bnlib.NORM_LAYERS) | {None} <= set(bnlib.METHOD_COLORS)
+    assert bnlib.method_color("batch") == bnlib.BN_COLOR and bnlib.method_color(None) == bnlib.PLAIN_COLOR
+    with pytest.raises(KeyError, match="METHOD_COLORS"):
+        bnlib.method_color("Batch")
+
+
+def test_a_live_figure_is_an_ipympl_widget_outside_pyplot():
+    import ipywidgets
+    fig, axes = bnlib.interactive_figure(1, 2, figsize=(4, 2), layout="constrained")
+    assert isinstance(fig.canvas, ipywidgets.DOMWidget) and len(axes) == 2
+    assert not fig.canvas.header_visible and not fig.canvas.toolbar_visible
+    assert fig not in [plt.figure(n) for n in plt.get_fignums()]   # the inline backend will not print it
