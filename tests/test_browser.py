@@ -43,7 +43,7 @@ SERVER_START_TIMEOUT = 120      # s: first start compiles nothing, but a busy 2-
 RUN_ALL_TIMEOUT = 240           # s: a notebook runs in <= 20 s headless; the browser adds to it
 RENDER_TIMEOUT = 60             # s: widget views and the first ipympl frame after the run
 CHANGE_TIMEOUT = 20             # s: readouts and the redrawn figure after a drag
-VIEWPORT = {"width": 1400, "height": 900}
+VIEWPORT = {"width": 1366, "height": 768}    # a laptop; the file browser stays open
 MAX_SCREENSHOT_HEIGHT = 30000   # px: Chromium cannot render taller pages in one screenshot
 
 
@@ -371,6 +371,20 @@ def _full_page_screenshot(page, path):
     return height
 
 
+# Outputs that do not fit their cell: [(code cell index, px needed, px there)].
+TOO_WIDE_JS = """(sel) => {
+    const found = [];
+    document.querySelectorAll(sel + ' .jp-CodeCell').forEach((cell, i) => {
+        cell.querySelectorAll('.jp-OutputArea-output').forEach(o => {
+            const needed = Math.max(o.scrollWidth, ...Array.from(o.querySelectorAll('canvas, img'),
+                                    e => e.getBoundingClientRect().right - o.getBoundingClientRect().left));
+            if (needed > o.clientWidth + 1) found.push([i, Math.round(needed), o.clientWidth]);
+        });
+    });
+    return found;
+}"""
+
+
 def _drag_first_slider(page, name, k, panel, timing):
     """Drag panel k's first slider with the mouse; assert readout, figure and bn-readout change."""
     from playwright.sync_api import expect
@@ -440,7 +454,63 @@ def _drag_first_slider(page, name, k, panel, timing):
                ).not_to_have_text(bn_before, timeout=CHANGE_TIMEOUT * 1000)
         result["bn_readout"] = [bn_before, bn_readout.first.inner_text().strip()]
     panel.screenshot(path=str(ARTIFACTS / f"{name}.panel{k}.png"))    # the whole panel, after
+    if os.environ.get("BN_SLIDER_FPS"):           # tools/bench_browser.py: measured, never asserted
+        result["fps"] = _slider_fps(page, panel, slider, canvas)
     return result
+
+
+# Record when the panel's figure canvas is painted and when the mouse moves (page clock, ms).
+FPS_HOOK_JS = """(canvasDiv) => {
+    const canvases = new Set(canvasDiv.querySelectorAll('canvas'));
+    window.__bnFrames = []; window.__bnMoves = [];
+    if (!window.__bnHooked) {
+        window.__bnHooked = true;
+        const draw = CanvasRenderingContext2D.prototype.drawImage;
+        CanvasRenderingContext2D.prototype.drawImage = function (...args) {
+            if (window.__bnCanvases && window.__bnCanvases.has(this.canvas)) window.__bnFrames.push(performance.now());
+            return draw.apply(this, args);
+        };
+        document.addEventListener('pointermove', () => window.__bnMoves.push(performance.now()), true);
+    }
+    window.__bnCanvases = canvases;
+}"""
+
+
+def _slider_fps(page, panel, slider, canvas, seconds=3.0, every_ms=16):
+    """Drag the slider back and forth with a mouse event every `every_ms` ms for `seconds`;
+    return the canvas's new frames per second and the time from an input event to the next
+    new frame (median and 90th percentile, ms)."""
+    import statistics
+    canvas.evaluate(FPS_HOOK_JS)
+    track = slider.locator(".noUi-target").first.bounding_box()
+    handle = slider.locator(".noUi-handle").first.bounding_box()
+    y = handle["y"] + handle["height"] / 2
+    left, right = track["x"] + 0.1 * track["width"], track["x"] + 0.9 * track["width"]
+    page.mouse.move(handle["x"] + handle["width"] / 2, y)
+    page.mouse.down()
+    n = int(seconds * 1000 / every_ms)
+    t0 = time.monotonic()
+    for i in range(n):
+        phase = (i % 60) / 30                       # 60 events left to right and back
+        x = left + (right - left) * (phase if phase <= 1 else 2 - phase)
+        page.mouse.move(x, y)
+        delay = t0 + (i + 1) * every_ms / 1000 - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    page.mouse.up()
+    time.sleep(0.5)
+    frames, moves = page.evaluate("() => [window.__bnFrames, window.__bnMoves]")
+    span = (moves[-1] - moves[0]) / 1000 if len(moves) > 1 else seconds
+    during = [f for f in frames if moves and moves[0] <= f <= moves[-1] + every_ms]
+    lags = []
+    for m in moves:
+        nxt = next((f for f in frames if f > m), None)
+        if nxt is not None:
+            lags.append(nxt - m)
+    q = statistics.quantiles(lags, n=10) if len(lags) >= 10 else [float("nan")] * 9
+    return {"events": len(moves), "frames": len(during), "fps": round(len(during) / span, 1),
+            "lag_median_ms": round(statistics.median(lags), 1) if lags else None,
+            "lag_p90_ms": round(q[8], 1)}
 
 
 # ---------------------------------------------------------------------------
@@ -485,9 +555,7 @@ def test_notebook_runs_in_jupyterlab_and_its_sliders_move_the_plots(
         page.wait_for_selector(f'{panel_sel} .jp-Notebook-ExecutionIndicator[data-status="idle"]',
                                timeout=90_000)
         timing["open_s"] = round(time.monotonic() - t_start, 2)
-        side_tab = page.locator(".jp-SideBar.jp-mod-left .lm-TabBar-tab.lm-mod-current")
-        if side_tab.count():                   # fold the file browser away: a wider notebook
-            side_tab.first.click()
+        page.evaluate("() => window.jupyterapp.commands.execute('filebrowser:activate')")
 
         # 2. Restart the kernel, let its new connection settle, then Run All (menu Run > Run All
         #    Cells). Not the one-step "restart and run all": JupyterLab reconnects its websocket
@@ -544,6 +612,10 @@ def test_notebook_runs_in_jupyterlab_and_its_sliders_move_the_plots(
             div.scroll_into_view_if_needed()
             _poll(lambda: div.evaluate(CANVAS_DRAWN_JS), RENDER_TIMEOUT)
         timing["render_s"] = round(time.monotonic() - t0, 2)
+        wide = page.evaluate(TOO_WIDE_JS, panel_sel)
+        assert not wide, (f"{name}: outputs wider than their cell in a {VIEWPORT['width']} x "
+                          f"{VIEWPORT['height']} window with the file browser open (code cell index, "
+                          f"width needed, width there): {wide}")
         t0 = time.monotonic()
         height = _full_page_screenshot(page, ARTIFACTS / f"{name}.png")
         timing["screenshot_s"] = round(time.monotonic() - t0, 2)

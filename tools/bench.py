@@ -14,7 +14,8 @@ Four tables:
    full Agg redraw the browser asks for), and the PNG that ipympl sends to the browser.
 4. One SGD step of the 784-100-100-100-10 sigmoid MLP with BN, bnlib vs PyTorch.
 Goals: notebooks <= 15 s (06, 07 <= 20 s), course <= 60 s; slider median <= 20 ms. The BN
-ratio has no goal (bnlib is written for its readers). Anything from the line "## History" on in
+ratio has no goal (bnlib is written for its readers). Anything from the line "## Sliders in a
+real browser" (tools/bench_browser.py's section) or "## History" on in
 docs/benchmarks.md is kept as it is when the file is rewritten (measurements of code that no
 longer exists, such as the BN rewrite's before/after).
 """
@@ -43,6 +44,7 @@ import bnlib  # noqa: E402
 
 SHAPES = [(64, 50), (256, 1024), (32, 64, 28, 28)]
 HISTORY = "## History"
+BROWSER = "## Sliders in a real browser"   # tools/bench_browser.py writes it
 
 
 def median_ms(samples):
@@ -257,7 +259,8 @@ def main():
         doc = ROOT / "docs" / "benchmarks.md"
         doc.parent.mkdir(exist_ok=True)
         old = doc.read_text() if doc.exists() else ""
-        history = old[old.index(HISTORY):] if HISTORY in old else ""
+        kept = [old.index(h) for h in (BROWSER, HISTORY) if h in old]   # written by others: kept
+        history = old[min(kept):] if kept else ""
         doc.write_text("# Benchmarks\n\nMade by `.venv/bin/python tools/bench.py` "
                        f"on {time.strftime('%Y-%m-%d')}.\n\n{text}\n{history}")
         print(f"written to {doc.relative_to(ROOT)}")
