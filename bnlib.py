@@ -2568,3 +2568,46 @@ def check_groupnorm_rows(groupnorm_rows):
     x (N, D) -> out (N, D); each row's D features split into num_groups consecutive groups.
     Reference: torch.nn.functional.group_norm on x seen as (N, D, 1)."""
     return _run(GROUPNORM_ROWS, groupnorm_rows)
+
+
+# --- notebook 08: dropout_variance_ratio ----------------------------------------------------
+
+def _dropout_ratio_cases():
+    rng = np.random.default_rng(8)
+    return [(rng.normal(size=6), 0.5 + rng.random(6), 0.5), (np.zeros(3), np.ones(3), 0.2),
+            (2.0 + rng.random(4), 0.1 + rng.random(4), 0.1)]
+
+
+def _dropout_ratio_reference(mean, var, p):
+    """Closed form: inverted dropout keeps a unit with probability 1 - p and multiplies it by
+    1 / (1 - p), so E[d^2] = E[x^2] / (1 - p) = (var + mean^2) / (1 - p), E[d] = mean."""
+    train_var = (var + mean ** 2) / (1 - p) - mean ** 2
+    return train_var / var
+
+
+DROPOUT_VARIANCE_RATIO = Check(
+    title="dropout_variance_ratio", args=("mean", "var", "p"), outputs="ratio",
+    cases=_dropout_ratio_cases,
+    describe=lambda mean, var, p: f"{len(mean)} features, p={p}",
+    reference=_dropout_ratio_reference,
+    mistakes={
+        "You left out the mean: a unit with mean c gains c^2 * p / (1 - p) of variance too, "
+        "Var[d] = (var + mean^2) / (1 - p) - mean^2.":
+            lambda mean, var, p: np.full_like(var, 1 / (1 - p)),
+        "You used p as the probability to KEEP a unit; in torch.nn.Dropout(p) it is the "
+        "probability to drop it, so the scale is 1 / (1 - p).":
+            lambda mean, var, p: ((var + mean ** 2) / p - mean ** 2) / var,
+        "You returned test / train; the ratio asked for is the training variance over the "
+        "test variance (at least 1).":
+            lambda mean, var, p: var / ((var + mean ** 2) / (1 - p) - mean ** 2),
+        "You forgot the 1 / (1 - p) rescaling of inverted dropout.":
+            lambda mean, var, p: ((var + mean ** 2) * (1 - p) - ((1 - p) * mean) ** 2) / var,
+    })
+
+
+def check_dropout_variance_ratio(dropout_variance_ratio):
+    """Exercise check (notebook 08): dropout_variance_ratio(mean, var, p) -> (D,), per feature
+    Var_train / Var_test of a unit x (mean (D,), variance var (D,)) after torch.nn.Dropout(p):
+    in training d = x * mask / (1 - p), mask ~ Bernoulli(1 - p); at test d = x.
+    Reference: the closed form (var + mean^2) / (1 - p) - mean^2, over var."""
+    return _run(DROPOUT_VARIANCE_RATIO, dropout_variance_ratio)
