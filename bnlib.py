@@ -1476,6 +1476,237 @@ def loss_along_gradient(model, X, y, step_sizes):
     return losses
 
 
+# --- Notebook 08: batch normalization in modern networks ---------------------------------------
+# These helpers build and train torch.nn models (notebook 08 is where learners meet BN in
+# PyTorch); torch is imported inside them, so importing bnlib stays fast.
+
+def deep_bn_mlp(depth, width, residual=False, zero_init_last_gamma=False, seed=0):
+    """A deep ReLU network with BN, as a torch.nn.Sequential (float32).
+
+    Input Linear(784, width, no bias) -> BN -> ReLU, then `depth` hidden Linear layers of
+    width x width, then Linear(width, 10). Plain (residual=False): each hidden layer is
+    Linear (no bias) -> BatchNorm1d -> ReLU, as in notebook 06. Residual: the hidden layers
+    come in depth // 2 blocks of two with an identity skip (He et al. 2016, arXiv 1512.03385;
+    no ReLU after the sum, as in He et al.'s identity-mapping variant, arXiv 1603.05027),
+        out = x + BN2(W2 relu(BN1(W1 x))),
+    and zero_init_last_gamma sets each block's BN2 gamma to 0 (Goyal et al. 2017, arXiv
+    1706.02677, Section 5.1), so every block starts as the identity, out = x.
+    Weights: PyTorch's default init, drawn after torch.manual_seed(seed).
+    """
+    import torch
+    from torch import nn
+    if int(depth) != depth or depth < 2 or (residual and depth % 2):
+        raise ValueError(f"deep_bn_mlp: depth must be an integer >= 2 (even when residual=True, "
+                         f"two layers a block); got {depth!r}.")
+    if zero_init_last_gamma and not residual:
+        raise ValueError("deep_bn_mlp: zero_init_last_gamma needs residual=True: a plain network "
+                         "whose gamma is 0 outputs a constant.")
+    torch.manual_seed(seed)
+
+    def layer(last_relu=True):
+        parts = [nn.Linear(width, width, bias=False), nn.BatchNorm1d(width)]
+        return parts + [nn.ReLU()] * last_relu
+
+    stem = [nn.Linear(784, width, bias=False), nn.BatchNorm1d(width), nn.ReLU()]
+    if not residual:
+        hidden = [m for _ in range(int(depth)) for m in layer()]
+    else:
+        hidden = []
+        for _ in range(int(depth) // 2):
+            branch = nn.Sequential(*layer(), *layer(last_relu=False))
+            if zero_init_last_gamma:
+                nn.init.zeros_(branch[-1].weight)
+            hidden.append(_residual_class()(branch))
+    return nn.Sequential(*stem, *hidden, nn.Linear(width, 10))
+
+
+def _residual_class():
+    """The residual block module, x + branch(x); made once, when torch is first needed."""
+    global _Residual
+    if _Residual is None:
+        import torch
+
+        class Residual(torch.nn.Module):
+            def __init__(self, branch):
+                super().__init__()
+                self.branch = branch
+
+            def forward(self, x):
+                return x + self.branch(x)
+        _Residual = Residual
+    return _Residual
+
+
+_Residual = None
+
+
+def linear_grad_norms(model, X, y):
+    """Squared norm ||dL/dW||^2 of every nn.Linear's weight, input to output, on one batch.
+
+    X (N, 784) float32, y (N,): one forward and backward pass in training mode (batch
+    statistics), softmax cross-entropy. Returns (L,) float64. The model's gradients are
+    overwritten; its running statistics take one update, as any training-mode pass does.
+    """
+    import torch
+    model.train()
+    model.zero_grad()
+    loss = torch.nn.functional.cross_entropy(model(torch.as_tensor(X)), torch.as_tensor(y))
+    loss.backward()
+    return np.array([m.weight.grad.double().pow(2).sum().item() for m in model.modules()
+                     if isinstance(m, torch.nn.Linear)])
+
+
+def train_torch(model, optimizer, X, y, steps, batch_size, seed=0, on_step=None, bn_eval=False):
+    """Minibatch training of a torch model with softmax cross-entropy, batches drawn with
+    replacement from (X, y) by numpy's default_rng(seed) (as bnlib.train_model does).
+
+    optimizer: a torch.optim optimizer over (some of) model's parameters. model.train() is
+    called first, which puts EVERY module in training mode, BN included; bn_eval=True then
+    puts the BN modules back in eval mode (bnlib.batchnorm_eval). on_step(step, model), if given, is called after every update
+    (step = 1..steps). Returns the (steps,) float64 training losses; a NaN loss stops
+    training early and is the last entry.
+    """
+    import torch
+    if int(steps) != steps or steps < 1 or int(batch_size) != batch_size or batch_size < 2:
+        raise ValueError(f"train_torch: steps must be an integer >= 1 and batch_size >= 2 (BN "
+                         f"needs two values to have a variance); got {steps!r}, {batch_size!r}.")
+    _labels(y, len(X), 10, "train_torch")
+    rng = np.random.default_rng(seed)
+    Xt, yt = torch.as_tensor(X), torch.as_tensor(y)
+    losses = []
+    model.train()
+    if bn_eval:
+        batchnorm_eval(model)
+    for step in range(1, int(steps) + 1):
+        idx = torch.from_numpy(rng.integers(0, len(X), size=int(batch_size)))
+        loss = torch.nn.functional.cross_entropy(model(Xt[idx]), yt[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if not np.isfinite(losses[-1]):
+            break
+        if on_step is not None:
+            on_step(step, model)
+    return np.array(losses)
+
+
+def torch_accuracy(model, X, y):
+    """Fraction of the rows of X that model classifies as y, in eval mode (running statistics);
+    the model's train/eval mode is restored afterwards, module by module."""
+    import torch
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    with torch.no_grad():
+        pred = model(torch.as_tensor(X)).argmax(dim=1).numpy()
+    for m, mode in modes.items():
+        m.train(mode)
+    return float(np.mean(pred == np.asarray(y)))
+
+
+def weight_decay_groups(model, weight_decay):
+    """torch.optim parameter groups: weight decay on the weight matrices and conv filters only.
+
+    Parameters with one dimension (BN's gamma and beta, every bias) go in a group with
+    weight_decay=0, as many training recipes do (e.g. Goyal et al. 2017, Section 5.1, on
+    weight decay of gamma and beta). Returns [{"params": [...], "weight_decay": weight_decay},
+    {"params": [...], "weight_decay": 0.0}], to pass to torch.optim.SGD(groups, lr=...).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": float(weight_decay)},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+
+
+def small_cnn(n_classes=5, seed=0):
+    """A small CNN for 28x28 digits: (backbone, head), both torch.nn.Sequential.
+
+    backbone: Conv(1->8, 3x3, no bias) -> BN2d -> ReLU -> MaxPool 2, Conv(8->16) -> BN2d ->
+    ReLU -> MaxPool 2, flatten to 16 * 5 * 5 = 400 features; head: Linear(400, n_classes).
+    Input (N, 784) rows are reshaped to (N, 1, 28, 28) inside. Weights drawn after
+    torch.manual_seed(seed).
+    """
+    import torch
+    from torch import nn
+    torch.manual_seed(seed)
+    backbone = nn.Sequential(nn.Unflatten(1, (1, 28, 28)),
+                             nn.Conv2d(1, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Conv2d(8, 16, 3, bias=False), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Flatten())
+    return backbone, nn.Linear(400, n_classes)
+
+
+def batchnorm_eval(model):
+    """Put every BatchNorm module of model back in eval mode (after model.train()): it then
+    normalizes with, and no longer updates, its running statistics. Returns model."""
+    import torch
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    return model
+
+
+def freeze_batchnorm2d(model):
+    """Replace every nn.BatchNorm2d of an nn.Sequential by torchvision's FrozenBatchNorm2d with
+    the same gamma, beta, running statistics and eps: fixed buffers, no parameters, the
+    eval-mode formula in any mode. Returns model (changed in place)."""
+    from torch import nn
+    from torchvision.ops.misc import FrozenBatchNorm2d
+    for i, m in enumerate(model):
+        if isinstance(m, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(m.num_features, eps=m.eps)
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                getattr(frozen, name).copy_(getattr(m, name).detach())
+            model[i] = frozen
+    return model
+
+
+def dropout_bn_mlp(order, p=0.5, width=128, seed=0):
+    """784 -> width -> width -> 10 ReLU network with one Dropout(p) and BN, as torch.nn.Sequential.
+
+    order="dropout_before_bn": Linear -> BN -> ReLU -> Dropout -> Linear -> BN -> ReLU -> Linear:
+        the second BN sees dropped-out inputs (Li et al. 2019, arXiv 1801.05134, variance shift).
+    order="dropout_after_bn":  Linear -> BN -> ReLU -> Linear -> BN -> ReLU -> Dropout -> Linear:
+        dropout after the last BN, Li et al.'s recommendation.
+    Weights drawn after torch.manual_seed(seed) in the same order for both, so the two share
+    their initial weights.
+    """
+    import torch
+    from torch import nn
+    orders = ("dropout_before_bn", "dropout_after_bn")
+    if order not in orders:
+        raise ValueError(f"dropout_bn_mlp: order must be one of {orders}, got {order!r}.")
+    torch.manual_seed(seed)
+    l1, l2, l3 = nn.Linear(784, width, bias=False), nn.Linear(width, width, bias=False), nn.Linear(width, 10)
+    first = [l1, nn.BatchNorm1d(width), nn.ReLU()]
+    second = [l2, nn.BatchNorm1d(width), nn.ReLU()]
+    if order == "dropout_before_bn":
+        return nn.Sequential(*first, nn.Dropout(p), *second, l3)
+    return nn.Sequential(*first, *second, nn.Dropout(p), l3)
+
+
+def variance_shift(model, X):
+    """Li et al.'s variance shift at the model's LAST BatchNorm1d: per feature,
+        shift = running_var / Var_eval(input),
+    running_var being what training left there (the variance BN will divide by at test time)
+    and Var_eval the variance the same input really has on X in eval mode (dropout off).
+    shift > 1: at test time BN divides by too large a variance. Returns (D,) float64.
+    """
+    import torch
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    if not bns:
+        raise ValueError("variance_shift: the model has no BatchNorm1d.")
+    seen = {}
+    hook = bns[-1].register_forward_hook(lambda m, inp, out: seen.update(x=inp[0].detach()))
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    with torch.no_grad():
+        model(torch.as_tensor(X))
+    hook.remove()
+    for m, mode in modes.items():
+        m.train(mode)
+    return bns[-1].running_var.double().numpy() / seen["x"].double().var(dim=0).numpy()
+
+
 # ==============================================================================================
 # 7. Plots and widgets
 # Colours, figures and sliders: how the course draws, never what it computes.
@@ -2521,3 +2752,46 @@ def check_groupnorm_rows(groupnorm_rows):
     x (N, D) -> out (N, D); each row's D features split into num_groups consecutive groups.
     Reference: torch.nn.functional.group_norm on x seen as (N, D, 1)."""
     return _run(GROUPNORM_ROWS, groupnorm_rows)
+
+
+# --- notebook 08: dropout_variance_ratio ----------------------------------------------------
+
+def _dropout_ratio_cases():
+    rng = np.random.default_rng(8)
+    return [(rng.normal(size=6), 0.5 + rng.random(6), 0.5), (np.zeros(3), np.ones(3), 0.2),
+            (2.0 + rng.random(4), 0.1 + rng.random(4), 0.1)]
+
+
+def _dropout_ratio_reference(mean, var, p):
+    """Closed form: inverted dropout keeps a unit with probability 1 - p and multiplies it by
+    1 / (1 - p), so E[d^2] = E[x^2] / (1 - p) = (var + mean^2) / (1 - p), E[d] = mean."""
+    train_var = (var + mean ** 2) / (1 - p) - mean ** 2
+    return train_var / var
+
+
+DROPOUT_VARIANCE_RATIO = Check(
+    title="dropout_variance_ratio", args=("mean", "var", "p"), outputs="ratio",
+    cases=_dropout_ratio_cases,
+    describe=lambda mean, var, p: f"{len(mean)} features, p={p}",
+    reference=_dropout_ratio_reference,
+    mistakes={
+        "You left out the mean: a unit with mean c gains c^2 * p / (1 - p) of variance too, "
+        "Var[d] = (var + mean^2) / (1 - p) - mean^2.":
+            lambda mean, var, p: np.full_like(var, 1 / (1 - p)),
+        "You used p as the probability to KEEP a unit; in torch.nn.Dropout(p) it is the "
+        "probability to drop it, so the scale is 1 / (1 - p).":
+            lambda mean, var, p: ((var + mean ** 2) / p - mean ** 2) / var,
+        "You returned test / train; the ratio asked for is the training variance over the "
+        "test variance (at least 1).":
+            lambda mean, var, p: var / ((var + mean ** 2) / (1 - p) - mean ** 2),
+        "You forgot the 1 / (1 - p) rescaling of inverted dropout.":
+            lambda mean, var, p: ((var + mean ** 2) * (1 - p) - ((1 - p) * mean) ** 2) / var,
+    })
+
+
+def check_dropout_variance_ratio(dropout_variance_ratio):
+    """Exercise check (notebook 08): dropout_variance_ratio(mean, var, p) -> (D,), per feature
+    Var_train / Var_test of a unit x (mean (D,), variance var (D,)) after torch.nn.Dropout(p):
+    in training d = x * mask / (1 - p), mask ~ Bernoulli(1 - p); at test d = x.
+    Reference: the closed form (var + mean^2) / (1 - p) - mean^2, over var."""
+    return _run(DROPOUT_VARIANCE_RATIO, dropout_variance_ratio)

@@ -80,6 +80,12 @@ def groupnorm_rows(x, gamma, beta, num_groups, eps):
     return gamma * g.reshape(x.shape) + beta
 
 
+def dropout_variance_ratio(mean, var, p):
+    # E[d^2] = E[x^2] / (1 - p) for d = x * Bernoulli(1 - p) / (1 - p); Var = E[d^2] - E[d]^2
+    second_moment = (var + mean * mean) / (1 - p)
+    return (second_moment - mean * mean) / var
+
+
 # title: (the public check, its data, a right answer)
 CHECKS = {
     "standardize": (bnlib.check_standardize, bnlib.STANDARDIZE, standardize),
@@ -93,6 +99,8 @@ CHECKS = {
     "x_hat_of_example": (bnlib.check_x_hat_of_example, bnlib.X_HAT_OF_EXAMPLE, x_hat_of_example),
     "fold_linear_bn": (bnlib.check_fold_linear_bn, bnlib.FOLD_LINEAR_BN, fold_linear_bn),
     "groupnorm_rows": (bnlib.check_groupnorm_rows, bnlib.GROUPNORM_ROWS, groupnorm_rows),
+    "dropout_variance_ratio": (bnlib.check_dropout_variance_ratio, bnlib.DROPOUT_VARIANCE_RATIO,
+                               dropout_variance_ratio),
 }
 
 
@@ -256,6 +264,11 @@ MISTAKES = {
                        (_fold_no_mean, "running mean"), (_fold_no_beta, "forgets beta")],
     "groupnorm_rows": [(_groupnorm_strided, "CONSECUTIVE"), (_groupnorm_batch_stats, "BatchNorm"),
                        (_groupnorm_layer_stats, "LayerNorm")],
+    "dropout_variance_ratio": [
+        (lambda mean, var, p: np.ones_like(var) / (1 - p), "left out the mean"),
+        (lambda mean, var, p: ((var + mean ** 2) / p - mean ** 2) / var, "KEEP"),
+        (lambda mean, var, p: var / ((var + mean ** 2) / (1 - p) - mean ** 2), "test / train"),
+        (lambda mean, var, p: (var * (1 - p) + mean ** 2 * p * (1 - p)) / var, "rescaling")],
 }
 
 
