@@ -1404,12 +1404,14 @@ def gradient_change_along_gradient(model, X, y, step_sizes):
     """How much the gradient changes over one gradient step, relative to its own size.
 
     Santurkar et al.'s "gradient predictiveness" (arXiv 1805.11604, Figure 4(b)) is
-    ||g(theta) - g(theta - eta g)|| along the gradient g; here divided by ||g(theta)||, so it
-    does not scale with the loss or the gradient's size (multiply the loss by c: unchanged
-    for the same step eta * g). With the same batch X (N, D), y (N,), in training mode:
+    ||g(theta) - g(theta - eta g)|| along the gradient g; here divided by ||g(theta)||, so
+    neither the loss level nor the gradient's size decides it. With the same batch
+    X (N, D), y (N,), in training mode:
         change[i] = ||g(theta - step_sizes[i] g) - g(theta)|| / ||g(theta)||
     0 means the gradient is a perfect guide that far ahead; 1 means it changed by its own
-    size. step_sizes: (S,). Returns (S,) float64; the model is left as it was.
+    size. change[i] / step_sizes[i] = ||dg|| / ||dtheta|| is the curvature along g, Santurkar
+    et al.'s "effective beta-smoothness" measured along the step. step_sizes: (S,).
+    Returns (S,) float64; the model is left as it was.
     """
     return _probe_along_gradient(model, X, y, step_sizes, "gradient_change_along_gradient")[1]
 
