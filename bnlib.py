@@ -1442,16 +1442,38 @@ def loss_along_gradient(model, X, y, step_sizes):
     """The loss after one gradient step of each size: a slice through the loss landscape.
 
     Santurkar et al. (2018, arXiv 1805.11604, Section 3.1) measure, at points along
-    training, how much the loss varies as one moves along the gradient; a narrow range
-    means a smooth, predictable landscape. With theta all of model's parameters and
-    g = dL/dtheta on the batch X (N, D), y (N,), in training mode:
+    training, how much the loss varies as one moves along the gradient. With theta all of
+    model's parameters and g = dL/dtheta on the batch X (N, D), y (N,), in training mode:
         losses[i] = L(theta - step_sizes[i] * g)   (same batch, training mode)
     step_sizes: (S,). Returns (S,) float64. The model is left as it was (parameters and
-    running statistics restored; only the stored gradients are overwritten).
+    running statistics restored; only the stored gradients are overwritten). The range of
+    these losses scales with the loss and the gradient's size; gradient_change_along_gradient
+    gives a measure that does not.
     """
+    return _probe_along_gradient(model, X, y, step_sizes, "loss_along_gradient")[0]
+
+
+def gradient_change_along_gradient(model, X, y, step_sizes):
+    """How much the gradient changes over one gradient step, relative to its own size.
+
+    Santurkar et al.'s "gradient predictiveness" (arXiv 1805.11604, Figure 4(b)) is
+    ||g(theta) - g(theta - eta g)|| along the gradient g; here divided by ||g(theta)||, so
+    neither the loss level nor the gradient's size decides it. With the same batch
+    X (N, D), y (N,), in training mode:
+        change[i] = ||g(theta - step_sizes[i] g) - g(theta)|| / ||g(theta)||
+    0 means the gradient is a perfect guide that far ahead; 1 means it changed by its own
+    size. change[i] / step_sizes[i] = ||dg|| / ||dtheta|| is the curvature along g, Santurkar
+    et al.'s "effective beta-smoothness" measured along the step. step_sizes: (S,).
+    Returns (S,) float64; the model is left as it was.
+    """
+    return _probe_along_gradient(model, X, y, step_sizes, "gradient_change_along_gradient")[1]
+
+
+def _probe_along_gradient(model, X, y, step_sizes, caller):
+    # (losses, relative gradient changes) after steps of each size along the gradient
     step_sizes = np.asarray(step_sizes, dtype=np.float64)
     if step_sizes.ndim != 1 or not np.isfinite(step_sizes).all():
-        raise ValueError(f"loss_along_gradient: step_sizes must be a 1-D array of finite numbers, "
+        raise ValueError(f"{caller}: step_sizes must be a 1-D array of finite numbers, "
                          f"got shape {step_sizes.shape}; e.g. lr * np.array([0.5, 1, 2, 4]).")
     params = [p.copy() for _, p, _ in model.parameters()]
     stats = [(layer.running_mean.copy(), layer.running_var.copy()) for layer in model.norms
@@ -1460,20 +1482,25 @@ def loss_along_gradient(model, X, y, step_sizes):
     model.train()
     _, dlogits = softmax_cross_entropy(model.forward(X), y)
     model.backward(dlogits)
-    grads = [g.copy() for _, _, g in model.parameters()]
-    losses = np.empty(len(step_sizes))
+    grads = [g.astype(np.float64) for _, _, g in model.parameters()]
+    g_norm = np.sqrt(sum(np.sum(g ** 2) for g in grads))
+    losses, change = np.empty(len(step_sizes)), np.empty(len(step_sizes))
     with np.errstate(all="ignore"):
         for i, eta in enumerate(step_sizes):
             for (_, p, _), p0, g in zip(model.parameters(), params, grads):
                 p[...] = p0 - eta * g
-            losses[i] = softmax_cross_entropy(model.forward(X), y)[0]
+            losses[i], dlogits = softmax_cross_entropy(model.forward(X), y)
+            model.backward(dlogits)
+            diff = sum(np.sum((g1.astype(np.float64) - g) ** 2)
+                       for (_, _, g1), g in zip(model.parameters(), grads))
+            change[i] = np.sqrt(diff) / g_norm
     for (_, p, _), p0 in zip(model.parameters(), params):
         p[...] = p0
     for layer, (mean, var) in zip([l for l in model.norms if hasattr(l, "running_mean")], stats):
         layer.running_mean, layer.running_var = mean, var
     if not was_training:
         model.eval()
-    return losses
+    return losses, change
 
 
 # --- Notebook 08: batch normalization in modern networks ---------------------------------------

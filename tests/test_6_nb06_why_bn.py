@@ -84,3 +84,37 @@ def test_loss_along_gradient_refuses_a_2d_step_array():
     model = bnlib.MLP([4, 3, 2], seed=0)
     with pytest.raises(ValueError, match="step_sizes"):
         bnlib.loss_along_gradient(model, np.zeros((3, 4)), np.zeros(3, dtype=int), np.ones((2, 2)))
+
+
+# --- gradient_change_along_gradient -------------------------------------------------------
+
+@pytest.mark.parametrize("norm", [None, "batch"])
+def test_gradient_change_matches_torch_autograd(norm):
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(20, 8)), rng.integers(0, 3, size=20)
+    model = bnlib.MLP([8, 6, 6, 3], activation="sigmoid", norm=norm, seed=1, dtype=np.float64)
+    params = mlp_params(model)
+    mlp_loss(params, model, x, y).backward()
+    g0 = {k: p.grad.detach().clone() for k, p in params.items()}
+    g0_norm = torch.sqrt(sum((g ** 2).sum() for g in g0.values())).item()
+    want = []
+    for eta in (0.0, 0.3, 3.0):
+        moved = {k: (p - eta * g0[k]).detach().requires_grad_(True) for k, p in params.items()}
+        mlp_loss(moved, model, x, y).backward()
+        diff = sum(((moved[k].grad - g0[k]) ** 2).sum() for k in g0)
+        want.append(torch.sqrt(diff).item() / g0_norm)
+    got = bnlib.gradient_change_along_gradient(model, x, y, [0.0, 0.3, 3.0])
+    assert got[0] == 0.0
+    assert np.max(np.abs(got - np.array(want))) < 1e-10
+    assert got[2] > 1e-3                               # the gradient does change: not a vacuous 0
+
+
+def test_gradient_change_leaves_the_model_unchanged_and_refuses_bad_steps():
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(16, 8)), rng.integers(0, 3, size=16)
+    model = bnlib.MLP([8, 6, 3], activation="relu", norm="batch", seed=0, dtype=np.float64)
+    before = [p.copy() for _, p, _ in model.parameters()]
+    bnlib.gradient_change_along_gradient(model, x, y, [1.0, 4.0])
+    assert all(np.array_equal(a, p) for a, (_, p, _) in zip(before, model.parameters()))
+    with pytest.raises(ValueError, match="gradient_change_along_gradient: step_sizes"):
+        bnlib.gradient_change_along_gradient(model, x, y, [np.nan])
