@@ -83,7 +83,18 @@ bnlib itself uses):
     batch_means_with_shift            6   04
     ewma_lag_and_noise                6   04
     x_hat_in_random_batches           6   06
-    loss_along_gradient               6   06
+    loss_along_gradient               6   -
+    gradient_change_along_gradient    6   06
+    deep_bn_mlp                       6   08
+    linear_grad_norms                 6   08
+    train_torch                       6   08
+    torch_accuracy                    6   08
+    weight_decay_groups               6   08
+    small_cnn                         6   08
+    batchnorm_eval                    6   08
+    freeze_batchnorm2d                6   08
+    dropout_bn_mlp                    6   08
+    variance_shift                    6   08
     METHOD_COLORS                     7   -
     BN_COLOR                          7   01
     PLAIN_COLOR                       7   01
@@ -117,6 +128,8 @@ bnlib itself uses):
     check_fold_linear_bn              8   07
     GROUPNORM_ROWS                    8   -
     check_groupnorm_rows              8   07
+    DROPOUT_VARIANCE_RATIO            8   -
+    check_dropout_variance_ratio      8   08
 """
 import hashlib
 import sysconfig
