@@ -98,8 +98,8 @@ bnlib itself uses):
     METHOD_COLORS                     7   -
     BN_COLOR                          7   01
     PLAIN_COLOR                       7   01
-    DATA_COLORS                       7   -
-    method_color                      7   -
+    DATA_COLORS                       7   01
+    method_color                      7   06
     interactive_figure                7   01
     LiveFigure                        7   01
     slider_panel                      7   01
@@ -131,6 +131,7 @@ bnlib itself uses):
     DROPOUT_VARIANCE_RATIO            8   -
     check_dropout_variance_ratio      8   08
 """
+import contextlib
 import hashlib
 import sysconfig
 import traceback
@@ -1635,13 +1636,21 @@ def torch_accuracy(model, X, y):
     """Fraction of the rows of X that model classifies as y, in eval mode (running statistics);
     the model's train/eval mode is restored afterwards, module by module."""
     import torch
+    with _eval_mode(model), torch.no_grad():
+        pred = model(torch.as_tensor(X)).argmax(dim=1).numpy()
+    return float(np.mean(pred == np.asarray(y)))
+
+
+@contextlib.contextmanager
+def _eval_mode(model):
+    """model in eval mode inside the block; each module's own mode given back afterwards."""
     modes = {m: m.training for m in model.modules()}
     model.eval()
-    with torch.no_grad():
-        pred = model(torch.as_tensor(X)).argmax(dim=1).numpy()
-    for m, mode in modes.items():
-        m.train(mode)
-    return float(np.mean(pred == np.asarray(y)))
+    try:
+        yield model
+    finally:
+        for m, mode in modes.items():
+            m.train(mode)
 
 
 def weight_decay_groups(model, weight_decay):
@@ -1737,13 +1746,11 @@ def variance_shift(model, X):
         raise ValueError("variance_shift: the model has no BatchNorm1d.")
     seen = {}
     hook = bns[-1].register_forward_hook(lambda m, inp, out: seen.update(x=inp[0].detach()))
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    with torch.no_grad():
-        model(torch.as_tensor(X))
-    hook.remove()
-    for m, mode in modes.items():
-        m.train(mode)
+    try:
+        with _eval_mode(model), torch.no_grad():
+            model(torch.as_tensor(X))
+    finally:
+        hook.remove()
     return bns[-1].running_var.double().numpy() / seen["x"].double().var(dim=0).numpy()
 
 
@@ -1764,6 +1771,7 @@ METHOD_COLORS = {
     "noisy_batch": "#66a61e",    # BatchNorm with injected noise (notebook 06)
     "precise": "#e6ab02",        # BN with population statistics recomputed after training
     "residual": "#a6761d",       # BN in a residual network (notebook 08)
+    "residual_zero_gamma": "#666666",   # ... with each block's last gamma starting at 0
 }
 BN_COLOR = METHOD_COLORS["batch"]
 PLAIN_COLOR = METHOD_COLORS[None]
