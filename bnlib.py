@@ -1809,6 +1809,11 @@ def interactive_figure(nrows=1, ncols=1, figsize=(6, 4), **kwargs):
     fig.canvas.footer_visible = False
     fig.canvas.toolbar_visible = False
     fig.canvas.resizable = False
+    # ipympl 0.10 sends each redraw made before the browser connects as the canvas's saved
+    # picture, as base64 without its "data:image/png;base64," prefix: the browser cannot show
+    # it, and in notebook 01 the broken picture kept the live figure from drawing at all.
+    # slider_panel sends one proper picture instead.
+    fig.canvas.syncing_data_url = False
     return fig, axes
 
 
@@ -1872,11 +1877,11 @@ def slider_panel(controls, fig, readout=None):
     The readout gets the CSS class "bn-readout" and the panel "bn-slider-panel",
     so the browser test can find the number a slider changes.
 
-    The panel also carries a still picture of the figure as it is now, for every place
-    that has no running kernel: a PNG beside the widget view in its display (GitHub,
-    nbviewer, nbconvert show it), and as the canvas's saved image (JupyterLab shows it
-    from the notebook's saved widget state until the cells are run). Its text is one
-    fixed sentence, so a stored output does not change with the sliders' repr.
+    The panel also carries a still picture of the figure as it is now, for places with no
+    running kernel: a PNG beside the widget view in its display (GitHub, nbviewer and
+    nbconvert show it), and the canvas's saved image in the notebook's widget state. Its
+    text is one fixed sentence, so a stored output does not change with the sliders' repr.
+    (JupyterLab itself shows the widget view, which stays empty until the cell is run.)
     """
     import ipywidgets as widgets
     top = list(controls)
@@ -1884,8 +1889,11 @@ def slider_panel(controls, fig, readout=None):
         readout.add_class("bn-readout")
         top.append(readout)
     still = _still_png(fig)
-    fig.canvas._data_url = "data:image/png;base64," + still    # ipympl's picture without a kernel
-    fig.canvas._size = tuple(fig.bbox.size)
+    canvas = fig.canvas
+    canvas.syncing_data_url = True         # send this one picture (see interactive_figure)
+    canvas._data_url = "data:image/png;base64," + still    # ipympl's picture without a kernel
+    canvas.syncing_data_url = False
+    canvas._size = tuple(fig.bbox.size)
     panel = _slider_panel_class()([widgets.HBox(top, layout=widgets.Layout(flex_flow="row wrap")),
                                    fig.canvas])
     panel.still_png = still

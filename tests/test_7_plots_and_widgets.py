@@ -187,6 +187,9 @@ def test_a_slider_panel_carries_a_still_picture_with_its_moving_artists_and_fixe
     live_background = np.asarray(panel.children[1].copy_from_bbox(fig.bbox))
     assert ((live_background[..., 0] > 230) & (live_background[..., 1] < 50)).sum() == 0   # no ghost
     assert fig.canvas._data_url == "data:image/png;base64," + bundle["image/png"]
+    line.set_ydata([0.2, 0.8])
+    fig.canvas.draw()                                    # a redraw before any browser connects
+    assert fig.canvas._data_url == "data:image/png;base64," + bundle["image/png"]   # picture kept
     plt.close(fig)
 
 

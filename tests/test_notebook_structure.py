@@ -88,3 +88,19 @@ def test_notebooks_call_bnlib_instead_of_redefining_it(name):
                 and "exercise" not in cell.metadata.get("tags", []):
             for defined in re.findall(r"^(?:def|class)\s+(\w+)", cell.source, re.M):
                 assert defined not in public, f"{defined} is re-defined; call bnlib.{defined}"
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_figures_take_their_colours_from_bnlib(name):
+    """One palette (bnlib.METHOD_COLORS, DATA_COLORS): notebooks name no colour but greys."""
+    code = "\n".join(c.source for c in notebook(name).cells if c.cell_type == "code")
+    own = re.findall(r"""["'](C\d|tab:\w+|#[0-9a-fA-F]{3,8}|red|blue|green|orange|purple|magenta|cyan|"""
+                     r"""yellow|brown|pink)["']""", code)
+    assert not own, f"{name} draws in its own colours {own}: use bnlib.method_color or bnlib.DATA_COLORS"
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_static_figures_are_plain_images(name):
+    """%matplotlib inline: only bnlib.interactive_figure makes a widget canvas (issue 15)."""
+    code = "\n".join(c.source for c in notebook(name).cells if c.cell_type == "code")
+    assert "%matplotlib inline" in code and "%matplotlib widget" not in code

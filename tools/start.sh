@@ -20,8 +20,7 @@ fi
 
 # JupyterLab defaults for the course (tools/jupyterlab-overrides.json): widget messages are handled
 # in order on the kernel's main thread, not in a subshell thread running beside a cell (matplotlib
-# is not thread-safe, and a slider callback redraws a figure); no news or update checks (offline);
-# widget state read from the notebook, so a slider panel shows its stored picture before Run All.
+# is not thread-safe, and a slider callback redraws a figure); no news or update checks (offline).
 settings=.venv/share/jupyter/lab/settings
 if ! { mkdir -p "$settings" && cp tools/jupyterlab-overrides.json "$settings/overrides.json.$$" &&
        mv -f "$settings/overrides.json.$$" "$settings/overrides.json"; }; then
