@@ -56,7 +56,7 @@ bnlib itself uses):
     ACTIVATIONS                       2   -
     NORM_LAYERS                       2   -
     Linear                            2   -
-    MLP                               3   02
+    MLP                               3   01
     softmax_cross_entropy             3   02
     sgd_step                          3   -
     accuracy                          3   02
@@ -70,14 +70,14 @@ bnlib itself uses):
     load_mnist                        5   01
     ink_and_width                     6   01
     logreg_loss                       6   01
-    logreg_grad                       6   -
+    logreg_grad                       6   01
     logreg_hessian                    6   01
     fit_logreg                        6   01
-    logreg_condition_number           6   -
+    logreg_condition_number           6   01
     gd_path                           6   01
-    gd_sweep                          6   -
-    steps_to_settle                   6   -
-    last_hidden_layer                 6   -
+    gd_sweep                          6   01
+    steps_to_settle                   6   01
+    last_hidden_layer                 6   01
     r2_linear_fit                     6   02
     sigmoid_linearity                 6   02
     ewma                              6   04
