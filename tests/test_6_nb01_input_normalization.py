@@ -200,7 +200,7 @@ def test_gd_settles_below_two_over_lambda_max_at_the_minimum_and_not_above():
                                           torch.tensor(w_star)).numpy()
     lam_max = np.linalg.eigvalsh(H)[-1]
     threshold = torch_logreg_loss(torch.tensor(w_star), X, y, b_star).item() + 1e-6
-    _, losses = bnlib.gd_sweep(X, y, 2 / lam_max * np.array([0.5, 0.9, 1.1, 1.5]), 3000, b=b_star)
+    _, losses = bnlib.gd_sweep(X, y, 2 / lam_max * np.array([0.5, 0.9, 1.1, 1.5]), 1000, b=b_star)
     settled = [bnlib.steps_to_settle(run, threshold) for run in losses]
     assert settled[0] is not None and settled[1] is not None
     assert settled[2] is None and settled[3] is None
@@ -208,7 +208,7 @@ def test_gd_settles_below_two_over_lambda_max_at_the_minimum_and_not_above():
 
 # --- the bridge: a hidden layer's inputs ----------------------------------------
 
-def torch_newton_minimum(A, y, steps=50):
+def torch_newton_minimum(A, y, steps=20):
     """The minimum of the mean logistic loss of A @ theta (A has a column of ones), by Newton's
     method with PyTorch autograd's gradient and Hessian."""
     loss = lambda th: torch_logreg_loss(th, A, y, 0.0)
