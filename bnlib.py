@@ -56,7 +56,7 @@ bnlib itself uses):
     ACTIVATIONS                       2   -
     NORM_LAYERS                       2   -
     Linear                            2   -
-    MLP                               3   02
+    MLP                               3   01
     softmax_cross_entropy             3   02
     sgd_step                          3   -
     accuracy                          3   02
@@ -70,12 +70,14 @@ bnlib itself uses):
     load_mnist                        5   01
     ink_and_width                     6   01
     logreg_loss                       6   01
-    logreg_grad                       6   -
+    logreg_grad                       6   01
     logreg_hessian                    6   01
     fit_logreg                        6   01
+    logreg_condition_number           6   01
     gd_path                           6   01
-    first_step_below                  6   01
-    largest_stable_lr                 6   01
+    gd_sweep                          6   01
+    steps_to_settle                   6   01
+    last_hidden_layer                 6   01
     r2_linear_fit                     6   02
     sigmoid_linearity                 6   02
     ewma                              6   04
@@ -1179,6 +1181,14 @@ def _logreg_args(w, X, y, caller):
     return w, X, y
 
 
+def _zero_weights(X, caller):
+    """w = 0 for features X, once X is known to be (N, D) numbers."""
+    X = _as_float_array(X, caller, "X")
+    if X.ndim != 2:
+        raise ValueError(f"{caller}: X must be (N, D), one row of D features an example; got shape {X.shape}.")
+    return np.zeros(X.shape[1])
+
+
 def logreg_loss(w, X, y, b=0.0):
     """Mean cross-entropy of logistic regression, L = mean(log(1 + exp(z)) - y z), z = X w + b.
 
@@ -1211,15 +1221,63 @@ def fit_logreg(X, y, steps=50):
     X: (N, D), y: (N,) in {0, 1}. Returns (w (D,), b). Newton's steps do not care how
     badly the features are scaled, which is why it is a good reference here.
     """
-    _, X, y = _logreg_args(np.zeros(np.shape(X)[-1]), X, y, "fit_logreg")
+    _, X, y = _logreg_args(_zero_weights(X, "fit_logreg"), X, y, "fit_logreg")
     A = np.hstack([X, np.ones((len(X), 1))])                          # bias as a last feature
     theta = np.zeros(A.shape[1])
     for _ in range(steps):
         g = logreg_grad(theta, A, y)
-        theta -= np.linalg.solve(logreg_hessian(theta, A, y), g)
+        try:
+            theta -= np.linalg.solve(logreg_hessian(theta, A, y), g)
+        except np.linalg.LinAlgError:
+            raise ValueError("fit_logreg: the Hessian is singular: a feature is constant, or the "
+                             "features (with the bias) are linearly dependent.") from None
         if np.max(np.abs(g)) < 1e-12:
             break
     return theta[:-1], float(theta[-1])
+
+
+def logreg_condition_number(X, y):
+    """How stretched logistic regression's cost is at its minimum: kappa = lambda_max / lambda_min
+    of the Hessian of logreg_loss over the weights AND the bias, at the (w, b) of fit_logreg.
+
+    X: (N, D) features, y: (N,) labels in {0, 1}. Returns a float (1 for a perfectly round bowl).
+    """
+    _, X, y = _logreg_args(_zero_weights(X, "logreg_condition_number"), X, y, "logreg_condition_number")
+    w, b = fit_logreg(X, y)
+    A = np.hstack([X, np.ones((len(X), 1))])                          # bias as a last feature
+    lam = np.linalg.eigvalsh(logreg_hessian(np.append(w, b), A, y))
+    if not lam[0] > 0:
+        raise ValueError("logreg_condition_number: the Hessian is singular (smallest eigenvalue "
+                         f"{lam[0]:.3g}): a feature is constant, or the features (with the bias) are "
+                         "linearly dependent, or the classes are separable and the minimum is at infinity.")
+    return float(lam[-1] / lam[0])
+
+
+def _gradient_descent(X, y, w0, lrs, steps, b, caller):
+    w, X, y = _logreg_args(w0, X, y, caller)
+    lrs = _as_float_array(lrs, caller, "lrs").reshape(-1)
+    if not (lrs.size and np.all(np.isfinite(lrs)) and np.all(lrs > 0)
+            and np.ndim(steps) == 0 and int(steps) == steps >= 0):
+        raise ValueError(f"{caller}: need learning rates lr > 0 and a whole number of steps >= 0, "
+                         f"got lr={lrs.tolist()}, steps={steps}.")
+    steps, n = int(steps), len(y)
+    paths = np.empty((len(lrs), steps + 1, w.shape[-1]))
+    losses = np.empty((len(lrs), steps + 1))
+    paths[:, 0] = w
+    Xt = X.T.copy()
+    with np.errstate(over="ignore", invalid="ignore"):               # a diverging rate: inf/NaN, said below
+        for k in range(steps + 1):
+            z = paths[:, k] @ Xt + b                                  # (R, N): every rate's logits
+            e = np.exp(-np.abs(z))
+            losses[:, k] = np.mean(np.maximum(z, 0) + np.log1p(e) - y * z, axis=1)   # = logreg_loss
+            if k < steps:
+                p = np.where(z >= 0, 1.0, e) / (1.0 + e)              # sigmoid(z), without overflow
+                paths[:, k + 1] = paths[:, k] - lrs[:, None] * ((p - y) @ X) / n
+    if not np.all(np.isfinite(losses)):
+        bad = lrs[~np.all(np.isfinite(losses), axis=1)]
+        raise NotFiniteError(f"{caller}: gradient descent diverged to inf/NaN at lr {bad.tolist()}; "
+                             "try smaller learning rates.")
+    return paths, losses
 
 
 def gd_path(X, y, w0, lr, steps, b=0.0):
@@ -1228,34 +1286,50 @@ def gd_path(X, y, w0, lr, steps, b=0.0):
     w_{k+1} = w_k - lr * logreg_grad(w_k). X: (N, D), y: (N,), w0: (D,).
     Returns (path (steps + 1, D) with path[0] = w0, losses (steps + 1,)).
     """
-    w, X, y = _logreg_args(w0, X, y, "gd_path")
-    if not (lr > 0 and int(steps) == steps >= 0):
-        raise ValueError(f"gd_path: need lr > 0 and a whole number of steps >= 0, got lr={lr}, steps={steps}.")
-    path = np.empty((int(steps) + 1, len(w)))
-    path[0] = w
-    Xt, n = X.T.copy(), len(y)
-    for k in range(int(steps)):
-        p = sigmoid(X @ path[k] + b)
-        path[k + 1] = path[k] - lr * (Xt @ (p - y)) / n
-    losses = np.concatenate([logreg_loss(path[i:i + 1000], X, y, b) for i in range(0, len(path), 1000)])
-    return path, losses
+    if np.ndim(lr) != 0:
+        raise ValueError(f"gd_path: lr must be one number, got shape {np.shape(lr)}; "
+                         "for several learning rates at once use gd_sweep.")
+    paths, losses = _gradient_descent(X, y, w0, [lr], steps, b, "gd_path")
+    return paths[0], losses[0]
 
 
-def first_step_below(losses, threshold):
-    """The first step k with losses[k] <= threshold, or None if the run never gets there."""
-    hit = np.flatnonzero(np.asarray(losses) <= threshold)
-    return int(hit[0]) if hit.size else None
+def gd_sweep(X, y, lrs, steps, b=0.0):
+    """gd_path from w = 0 at several learning rates at once (one run per rate, bias b held fixed).
 
-
-def largest_stable_lr(X, y, lrs, steps=200, b=0.0):
-    """The largest learning rate in lrs at which gradient descent from w = 0 lowers the
-    loss at every one of `steps` steps (with the bias b held fixed), or None.
-
-    X: (N, D), y: (N,) in {0, 1}, lrs: learning rates to try (any order).
+    X: (N, D), y: (N,) in {0, 1}, lrs: R learning rates > 0.
+    Returns (paths (R, steps + 1, D), losses (R, steps + 1)): row r is gd_path at lrs[r].
     """
-    stable = [lr for lr in sorted(lrs)
-              if np.all(np.diff(gd_path(X, y, np.zeros(np.shape(X)[1]), lr, steps, b)[1]) <= 1e-12)]
-    return stable[-1] if stable else None
+    return _gradient_descent(X, y, _zero_weights(X, "gd_sweep"), lrs, steps, b, "gd_sweep")
+
+
+def steps_to_settle(losses, threshold):
+    """The first step k from which the loss stays at or below threshold to the end of the run
+    (every one of losses[k:]), or None when the run ends above it.
+
+    Unlike the first step below the threshold, this does not count a run that touches the
+    threshold once and bounces out again (a learning rate too large to settle).
+    """
+    losses = _as_float_array(losses, "steps_to_settle", "losses")
+    if losses.ndim != 1 or losses.size == 0:
+        raise ValueError(f"steps_to_settle: losses must be a 1-D array of one loss per step, got "
+                         f"shape {losses.shape}.")
+    above = np.flatnonzero(~(losses <= threshold))                    # NaN counts as above
+    if above.size and above[-1] == losses.size - 1:
+        return None
+    return int(above[-1] + 1) if above.size else 0
+
+
+def last_hidden_layer(model, X):
+    """The activations the last Linear layer of an MLP takes as its inputs, for inputs X.
+
+    model: a bnlib.MLP with at least one hidden layer; X: (N, sizes[0]). Runs model.forward(X)
+    (in the model's current mode) and returns (N, sizes[-2]): a^[L-1] = f(pre_activation[-1]).
+    """
+    if not isinstance(model, MLP) or len(model.linears) < 2:
+        raise TypeError(f"last_hidden_layer: model must be a bnlib.MLP with a hidden layer, got {model!r}.")
+    model.forward(X)
+    f, _ = ACTIVATIONS[model.activation]
+    return f(model.pre_activation[-1])
 
 
 # --- Notebook 02: the sigmoid's linear region --------------------------------------------------
