@@ -119,9 +119,9 @@ bnlib itself uses):
     RUNNING_STATS_UPDATE              8   -
     check_running_stats_update        8   04
     KERAS_RUNNING_VAR                 8   -
-    check_keras_running_var           8   -
+    check_keras_running_var           8   04
     RUNNING_AVERAGE_DIGITS            8   -
-    check_digits_in_running_average   8   -
+    check_digits_in_running_average   8   04
     BATCHNORM_NHWC                    8   -
     check_batchnorm_nhwc              8   05
     SPATIAL_BATCHNORM_BACKWARD        8   -
