@@ -120,6 +120,10 @@ bnlib itself uses):
     check_batchnorm_backward          8   03
     RUNNING_STATS_UPDATE              8   -
     check_running_stats_update        8   04
+    KERAS_RUNNING_VAR                 8   -
+    check_keras_running_var           8   04
+    RUNNING_AVERAGE_DIGITS            8   -
+    check_digits_in_running_average   8   04
     BATCHNORM_NHWC                    8   -
     check_batchnorm_nhwc              8   05
     SPATIAL_BATCHNORM_BACKWARD        8   -
@@ -2589,7 +2593,7 @@ def check_batchnorm_backward(batchnorm_backward_fn):
     return _run(BATCHNORM_BACKWARD, batchnorm_backward_fn)
 
 
-# --- notebook 04: update_running_stats ------------------------------------------------------
+# --- notebook 04: update_running_stats, keras_running_var, digits_in_running_average --------
 
 def _running_stats_cases():
     cases = []
@@ -2651,6 +2655,100 @@ def check_running_stats_update(update_running_stats):
     Updating running_mean and running_var in place is allowed; x must stay as it was.
     Reference: torch.nn.BatchNorm1d's running_mean and running_var after one training step."""
     return _run(RUNNING_STATS_UPDATE, update_running_stats)
+
+
+def _keras_var_cases():
+    rng = np.random.default_rng(41)
+    return [(1.0 + rng.random(5), 32, 50, 0.99), (0.2 + 2.0 * rng.random(3), 4, 3, 0.9),
+            (0.5 + rng.random(4), 2, 200, 0.99), (3.0 + rng.random(6), 60, 10, 0.5)]
+
+
+def _keras_var_reference(torch_running_var, m, steps, keras_momentum):
+    """Closed form. Both start at 1 and weight the batch of j steps ago by (1 - k) k^j, so after
+    `steps` updates each is k^steps * 1 + (the batches' part); PyTorch's batches' part is
+    m / (m - 1) times Keras's (unbiased vs biased variance), the start's share is not:
+        torch - k^steps = m / (m - 1) * (keras - k^steps)."""
+    start_weight = keras_momentum ** steps
+    return start_weight + (m - 1) / m * (torch_running_var - start_weight)
+
+
+KERAS_RUNNING_VAR = Check(
+    title="keras_running_var", args=("torch_running_var", "m", "steps", "keras_momentum"),
+    outputs="running_var",
+    cases=_keras_var_cases,
+    describe=lambda torch_running_var, m, steps, keras_momentum:
+        f"{len(torch_running_var)} features, m={m}, steps={steps}, keras_momentum={keras_momentum}",
+    reference=_keras_var_reference,
+    mistakes={
+        "You scaled the whole running value by (m - 1) / m. Only the batches' part went through "
+        "PyTorch's m / (m - 1); the initial 1 still carries weight keras_momentum**steps in both, "
+        "unscaled.":
+            lambda rv, m, steps, k: rv * (m - 1) / m,
+        "You went the wrong way: PyTorch stores the unbiased variance, the larger one, so the "
+        "batches' part of Keras's value is (m - 1) / m of PyTorch's, not m / (m - 1).":
+            lambda rv, m, steps, k: k ** steps + m / (m - 1) * (rv - k ** steps),
+        "The initial value's weight after `steps` updates is keras_momentum**steps (Keras's "
+        "momentum weights the OLD value), not (1 - keras_momentum)**steps.":
+            lambda rv, m, steps, k: (1 - k) ** steps + (m - 1) / m * (rv - (1 - k) ** steps),
+        "You returned PyTorch's value unchanged; PyTorch stores the unbiased batch variance and "
+        "Keras the biased one, so the two differ.":
+            lambda rv, m, steps, k: np.array(rv, dtype=np.float64),
+    },
+    hint="Both start from running_var = 1. Write each running value as (weight of the start) * 1 "
+         "+ (the batches' part): which part does PyTorch's m / (m - 1) touch?")
+
+
+def check_keras_running_var(keras_running_var):
+    """Exercise check (notebook 04): keras_running_var(torch_running_var, m, steps, keras_momentum)
+    -> (D,), the running_var Keras's BatchNormalization(momentum=keras_momentum) holds after the
+    same `steps` batches of m values per feature for which torch.nn.BatchNorm1d(momentum=
+    1 - keras_momentum) holds torch_running_var (D,); both start at 1, PyTorch stores the unbiased
+    batch variance and Keras the biased one. Reference: the closed form
+        keras = k^steps + (m - 1) / m * (torch - k^steps),  k = keras_momentum."""
+    return _run(KERAS_RUNNING_VAR, keras_running_var)
+
+
+def _running_digits_cases():
+    return [(0.1, 60), (0.01, 32), (0.5, 8), (0.001, 4), (0.3, 1)]
+
+
+def _running_digits_reference(momentum, batch_size):
+    """Closed form. The weights w_j = a (1 - a)^j (a = momentum) have
+    sum_j w_j^2 = a^2 / (1 - (1 - a)^2) = a / (2 - a), and a mean of independent batch means,
+    each as noisy as the mean of batch_size digits, weighted by w_j (sum 1), has the noise of
+    the mean of batch_size / sum_j w_j^2 = batch_size * (2 - a) / a digits."""
+    return batch_size * (2.0 - momentum) / momentum
+
+
+RUNNING_AVERAGE_DIGITS = Check(
+    title="digits_in_running_average", args=("momentum", "batch_size"), outputs="digits",
+    cases=_running_digits_cases,
+    describe=lambda momentum, batch_size: f"momentum={momentum}, batch_size={batch_size}",
+    reference=_running_digits_reference,
+    mistakes={
+        "You returned batch_size / momentum, the horizon in digits (where the weights have "
+        "fallen by a factor e). The effective number is batch_size / sum_j w_j^2, which counts "
+        "the long tail of small weights too.":
+            lambda momentum, batch_size: batch_size / momentum,
+        "You counted batches, not digits: each batch holds batch_size digits.":
+            lambda momentum, batch_size: (2.0 - momentum) / momentum,
+        "Your weights follow Keras's convention, momentum weighting the OLD value; in PyTorch's "
+        "the batch of j steps ago has weight momentum * (1 - momentum)**j.":
+            lambda momentum, batch_size: batch_size * (1.0 + momentum) / (1.0 - momentum),
+        "You divided by sum_j w_j, which is 1; the noise of a weighted mean goes with the sum of "
+        "the SQUARED weights, sum_j w_j^2.":
+            lambda momentum, batch_size: float(batch_size),
+    },
+    hint="Sum w_j^2 far enough (at momentum 0.001 the weights last thousands of steps), or use "
+         "the geometric series sum_j r^j = 1 / (1 - r).")
+
+
+def check_digits_in_running_average(digits_in_running_average):
+    """Exercise check (notebook 04): digits_in_running_average(momentum, batch_size) -> float, the
+    effective number of digits behind a running mean (PyTorch's momentum, weights
+    w_j = momentum * (1 - momentum)^j on the batch of j steps ago, infinitely many steps):
+    batch_size / sum_j w_j^2. Reference: the closed form batch_size * (2 - momentum) / momentum."""
+    return _run(RUNNING_AVERAGE_DIGITS, digits_in_running_average)
 
 
 # --- notebook 05: batchnorm_nhwc, spatial_batchnorm_backward --------------------------------
