@@ -49,6 +49,7 @@ bnlib itself uses):
     NotFiniteError                    1   -
     NormLayer                         2   -
     BatchNorm                         2   04
+    BatchRenorm                       2   -
     GroupNorm                         2   -
     LayerNorm                         2   -
     NoisyBatchNorm                    2   -
@@ -601,6 +602,73 @@ class BatchNorm(NormLayer):
                 f"training={self.training})")
 
 
+class BatchRenorm(BatchNorm):
+    """Batch Renormalization (Ioffe 2017, arXiv 1702.03275): BatchNorm whose training output
+    is corrected toward the running statistics, the ones eval mode uses.
+
+    BatchRenorm(num_features, eps=1e-5, momentum=0.1, r_max=3.0, d_max=5.0), for x (N, D) or
+    (N, C, H, W), with BatchNorm's interface and running statistics (updated exactly as
+    BatchNorm updates them). Training mode, per feature: with the batch's mu_B and
+    std_B = sqrt(var_B + eps) (biased var_B, as BN), x_hat = (x - mu_B) / std_B, and the running
+    statistics from BEFORE this batch, std = sqrt(running_var + eps),
+        r = clip(std_B / std, 1 / r_max, r_max),   d = clip((mu_B - running_mean) / std, -d_max, d_max)
+        out = gamma * (x_hat * r + d) + beta
+    Where no clip acts, x_hat * r + d = (x - running_mean) / std: what eval mode computes, so
+    training and inference normalize alike. r_max = 1, d_max = 0 is plain BN. The backward pass
+    treats r and d as constants (the paper's stop_gradient), so the gradient is BN's with gamma
+    replaced by gamma * r, and dgamma = sum(dout * (x_hat * r + d)).
+    Ioffe keeps r_max = 1, d_max = 0 for the first 5,000 steps and then relaxes them gradually
+    to 3 and 5; this layer uses fixed bounds (set layer.r_max, layer.d_max between steps to
+    follow a schedule). Attributes: BatchNorm's, r_max, d_max, and after a training forward r
+    and d, (num_features,).
+    """
+    name = "BatchRenorm"
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, r_max=3.0, d_max=5.0):
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        def number(v):
+            return isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_))
+        if not (number(r_max) and r_max >= 1) or not (number(d_max) and d_max >= 0):
+            raise ValueError(f"BatchRenorm: r_max must be a number >= 1 and d_max >= 0 (r is clipped to "
+                             f"[1/r_max, r_max], d to [-d_max, d_max]); got {r_max!r} and {d_max!r}. "
+                             "r_max=1, d_max=0 is plain BatchNorm.")
+        self.r_max, self.d_max = r_max, d_max
+        self.r = self.d = None
+
+    def forward(self, x):
+        """Renormalize x, (N, num_features) or (N, num_features, H, W); eval mode is BatchNorm's."""
+        mean_before, std_before = self.running_mean, np.sqrt(self.running_var + self.eps)
+        out = super().forward(x)                       # BN: batch statistics, running ones updated
+        if not self.training:
+            return out
+        cache = self._cache
+        mu_b, std_b = cache["mu"].ravel(), cache["std"].ravel()
+        r = np.clip(std_b / std_before, 1.0 / self.r_max, self.r_max)
+        d = np.clip((mu_b - mean_before) / std_before, -self.d_max, self.d_max)
+        self.r, self.d = r.astype(out.dtype), d.astype(out.dtype)
+        shape = cache["mu"].shape                      # (1, D) or (1, C, 1): broadcasts on x_hat
+        r, d = self.r.reshape(shape), self.d.reshape(shape)
+        gamma, beta = cache["gamma"], self.beta.astype(out.dtype).reshape(shape)
+        x_renorm = cache["x_hat"] * r + d
+        out = gamma * x_renorm + beta
+        self._cache = dict(cache, gamma=gamma * r, x_renorm=x_renorm)   # for the backward pass
+        return out.reshape(cache["shape"])
+
+    __call__ = forward
+
+    def backward(self, dout):
+        """Gradient of the last training-mode forward, r and d held constant; returns dx."""
+        cache = self._cached()
+        dx, _, self.dbeta = batchnorm_backward(dout, cache)       # cache's gamma is gamma * r
+        dout = _as_float_array(dout, "BatchRenorm.backward", "dout").reshape(cache["x_hat"].shape)
+        self.dgamma = np.sum(dout * cache["x_renorm"], axis=cache["axes"]).ravel()
+        return dx
+
+    def __repr__(self):
+        return (f"BatchRenorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"r_max={self.r_max}, d_max={self.d_max}, training={self.training})")
+
+
 class GroupNorm(NormLayer):
     """A group normalization layer (Wu & He 2018, arXiv 1803.08494), BatchNorm's interface.
 
@@ -734,7 +802,7 @@ ACTIVATIONS = {
 # Normalization layers an MLP can use: name -> class taking (num_features).
 # Every one has forward, backward, train, eval, gamma, beta, dgamma, dbeta.
 NORM_LAYERS = {"batch": BatchNorm, "layer": LayerNorm, "group": GroupNorm,
-               "noisy_batch": NoisyBatchNorm}
+               "noisy_batch": NoisyBatchNorm, "batch_renorm": BatchRenorm}
 
 
 class Linear:
@@ -774,7 +842,7 @@ class MLP:
     """A multilayer perceptron: [Linear -> (norm) -> activation] per hidden layer, then Linear.
 
     MLP(sizes=[784, 100, 10], activation="sigmoid", norm=None, seed=0), where norm is
-    None or a key of NORM_LAYERS ("batch", "layer", "group", "noisy_batch").
+    None or a key of NORM_LAYERS ("batch", "layer", "group", "noisy_batch", "batch_renorm").
     x: (N, sizes[0]) -> logits (N, sizes[-1]). With a norm layer the Linear before it
     has no bias. Weights ~ N(0, scale^2 / fan_in) with scale 1 (sigmoid, linear) or
     sqrt(2) (relu) unless weight_scale is given. After forward, `pre_norm[l]` holds
@@ -1838,7 +1906,8 @@ def variance_shift(model, X):
 # ==============================================================================================
 
 # One colour per method across the whole course (ColorBrewer's Dark2: distinct on white and
-# for the common colour-vision deficiencies). Keys: the MLP's norm names, None for no
+# for the common colour-vision deficiencies; its 8 colours used up, Batch Renormalization takes
+# matplotlib's cyan, which neither Dark2 nor DATA_COLORS has). Keys: the MLP's norm names, None for no
 # normalization, and the other variants the notebooks compare. Data that is not a method
 # (two classes of digits, three features) takes DATA_COLORS, which no method uses.
 METHOD_COLORS = {
@@ -1847,6 +1916,7 @@ METHOD_COLORS = {
     "layer": "#7570b3",          # LayerNorm
     "group": "#e7298a",          # GroupNorm
     "noisy_batch": "#66a61e",    # BatchNorm with injected noise (notebook 06)
+    "batch_renorm": "#17becf",   # Batch Renormalization (notebook 07)
     "precise": "#e6ab02",        # BN with population statistics recomputed after training
     "residual": "#a6761d",       # BN in a residual network (notebook 08)
     "residual_zero_gamma": "#666666",   # ... with each block's last gamma starting at 0
@@ -1857,8 +1927,8 @@ DATA_COLORS = ("#1f78b4", "#a6cee3", "#4d4d4d")
 
 
 def method_color(method):
-    """The course's colour of a method: "batch", "layer", "group", "noisy_batch", "precise",
-    "residual", or None for no normalization (bnlib.METHOD_COLORS)."""
+    """The course's colour of a method: "batch", "layer", "group", "noisy_batch", "batch_renorm",
+    "precise", "residual", or None for no normalization (bnlib.METHOD_COLORS)."""
     if method not in METHOD_COLORS:
         raise KeyError(f"method_color: no colour for {method!r}; the methods are "
                        f"{sorted(map(str, METHOD_COLORS))}. Add it to bnlib.METHOD_COLORS, once.")

@@ -63,6 +63,8 @@ FUNCTIONS = {
     "GroupNorm.forward": (lambda x: bnlib.GroupNorm(3, num_groups=3).forward(x), X4),
     "LayerNorm.forward": (lambda x: bnlib.LayerNorm(3).forward(x), X),
     "NoisyBatchNorm.forward": (lambda x: bnlib.NoisyBatchNorm(3).forward(x), X),
+    "BatchRenorm.forward (training)": (lambda x: bnlib.BatchRenorm(3).forward(x), X),
+    "BatchRenorm.forward (eval)": (lambda x: bnlib.BatchRenorm(3).eval().forward(x), X),
     "sigmoid": (bnlib.sigmoid, X),
     "MLP.forward": (mlp_forward, X),
     "softmax_cross_entropy": (lambda z: bnlib.softmax_cross_entropy(z, Y), X),
