@@ -119,6 +119,8 @@ bnlib itself uses):
     check_batchnorm_forward           8   03
     BATCHNORM_BACKWARD                8   -
     check_batchnorm_backward          8   03
+    SCALE_DIRECTION_SUMS              8   -
+    check_scale_direction_sums        8   03
     RUNNING_STATS_UPDATE              8   -
     check_running_stats_update        8   04
     KERAS_RUNNING_VAR                 8   -
@@ -2144,18 +2146,20 @@ _BN_GRAPH_NODES = {
     "mu": (1.7, 1.6, r"$\mu=\frac{1}{m}\sum_i x_i$", r"$\partial\mu/\partial x_i=1/m$"),
     "xc": (3.4, 0, r"$x_{c,i}=x_i-\mu$", r"$\partial/\partial x_i=1$" "\n" r"$\partial/\partial\mu=-1$"),
     "var": (5.1, 1.6, r"$\sigma^2=\frac{1}{m}\sum_i x_{c,i}^2$", r"$\partial\sigma^2/\partial x_{c,i}=2x_{c,i}/m$"),
-    "std": (7.0, 3.2, r"$s=\sqrt{\sigma^2+\epsilon}$", r"$ds/d\sigma^2=1/(2s)$"),
-    "inv": (9.0, 1.6, r"$\mathrm{invstd}=1/s$", r"$d\,\mathrm{invstd}/ds=-1/s^2$"),
+    "std": (7.0, 3.2, r"$\mathrm{std}=\sqrt{\sigma^2+\epsilon}$",
+            r"$d\,\mathrm{std}/d\sigma^2=1/(2\,\mathrm{std})$"),
+    "inv": (9.0, 1.6, r"$\mathrm{invstd}=1/\mathrm{std}$",
+            r"$d\,\mathrm{invstd}/d\,\mathrm{std}=-1/\mathrm{std}^2$"),
     "xhat": (9.0, -0.9, r"$\hat x_i=x_{c,i}\,\mathrm{invstd}$",
              r"$\partial/\partial x_{c,i}=\mathrm{invstd}$" "\n" r"$\partial/\partial\,\mathrm{invstd}=x_{c,i}$"),
     "gb": (11.6, 1.6, r"$\gamma,\ \beta$", ""),
-    "y": (11.6, -0.9, r"$y_i=\gamma\hat x_i+\beta$",
+    "out": (11.6, -0.9, r"$\mathrm{out}_i=\gamma\hat x_i+\beta$",
           r"$\partial/\partial\hat x_i=\gamma$" "\n" r"$\partial/\partial\gamma=\hat x_i,\ \partial/\partial\beta=1$"),
 }
 
 
 _BN_GRAPH_EDGES = [("x", "mu"), ("x", "xc"), ("mu", "xc"), ("xc", "var"), ("var", "std"), ("std", "inv"),
-                   ("inv", "xhat"), ("xc", "xhat"), ("xhat", "y"), ("gb", "y")]
+                   ("inv", "xhat"), ("xc", "xhat"), ("xhat", "out"), ("gb", "out")]
 
 
 # Where each node's local-derivative label goes, relative to its box (default: below).
@@ -2166,9 +2170,10 @@ _BN_GRAPH_LABEL_SPOTS = {"mu": (0, 0.42, "center", "bottom"), "std": (0, 0.42, "
 def plot_bn_graph(figsize=(11, 4.8)):
     """Draw BN's forward computational graph for one neuron (Algorithm 1 of Ioffe & Szegedy).
 
-    Nine boxes, x -> mu -> x_c = x - mu -> var -> s = sqrt(var + eps) -> invstd = 1/s
-    -> x_hat = x_c * invstd -> y = gamma * x_hat + beta, each box showing its forward
-    formula with its local derivative(s) in grey; arrows point forward. Returns the figure.
+    Nine boxes, with the names of batchnorm_forward's lines: x -> mu -> x_c = x - mu -> var
+    -> std = sqrt(var + eps) -> invstd = 1/std -> x_hat = x_c * invstd
+    -> out = gamma * x_hat + beta, each box showing its forward formula with its local
+    derivative(s) in grey; arrows point forward. Returns the figure.
     """
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=figsize)
@@ -2661,6 +2666,63 @@ def check_batchnorm_backward(batchnorm_backward_fn):
     Reference: PyTorch autograd through torch.nn.functional.batch_norm (training mode),
     with a random upstream gradient (an all-ones one would hide the x_hat term)."""
     return _run(BATCHNORM_BACKWARD, batchnorm_backward_fn)
+
+
+def _scale_direction_cases():
+    cases = []
+    for (n, d), eps in (((12, 4), 1e-5), ((12, 4), 0.5), ((5, 3), 1e-3)):
+        x, gamma, beta, dout = _spread_batch((n, d), seed=n + d + round(-np.log10(eps)))
+        cases.append((dout, x, gamma, beta, eps))
+    return cases
+
+
+def _scale_direction_reference(dout, x, gamma, beta, eps):
+    import torch
+    dx, dgamma, _ = _torch_batchnorm_grads(dout, x, gamma, beta, eps)
+    xt = torch.from_numpy(x)
+    var = xt.var(dim=0, correction=0)
+    x_hat = (xt - xt.mean(dim=0)) / torch.sqrt(var + eps)
+    measured = (torch.from_numpy(dx) * x_hat).sum(dim=0)
+    predicted = torch.from_numpy(gamma * dgamma) / torch.sqrt(var + eps) * eps / (var + eps)
+    return measured.numpy(), predicted.numpy()
+
+
+def _scale_direction(dout, x, gamma, eps, measured_with=None, factor=None):
+    """Right (measured, predicted) by the compact formula, or with one part made wrong."""
+    m, invstd, x_hat, dgamma, dbeta = _columns_backward(dout, x, gamma, eps)
+    dx = gamma * invstd / m * (m * dout - dbeta - x_hat * dgamma)
+    var = x.var(axis=0)
+    measured = (dx * (x_hat if measured_with is None else measured_with(x))).sum(axis=0)
+    return measured, gamma * invstd * dgamma * (eps / (var + eps) if factor is None else factor(var))
+
+
+SCALE_DIRECTION_SUMS = Check(
+    title="scale_direction_sums", args=("dout", "x", "gamma", "beta", "eps"),
+    outputs=("measured", "predicted"),
+    cases=_scale_direction_cases,
+    describe=lambda dout, x, gamma, beta, eps: f"x of shape {x.shape}, eps={eps}",
+    reference=_scale_direction_reference,
+    mistakes={
+        "predicted misses the factor eps / (var + eps): sum(x_hat^2) = m var / (var + eps), "
+        "not m, so the two terms do not cancel.":
+            lambda dout, x, gamma, beta, eps: _scale_direction(dout, x, gamma, eps, factor=np.ones_like),
+        "predicted uses eps / var; var + eps comes from sum(x_hat^2) = m var / (var + eps).":
+            lambda dout, x, gamma, beta, eps: _scale_direction(dout, x, gamma, eps, factor=lambda v: eps / v),
+        "measured sums dx * x; the scaling direction in x_hat's units is sum(dx * x_hat) "
+        "(sum(dx * x) is that divided by invstd).":
+            lambda dout, x, gamma, beta, eps: _scale_direction(dout, x, gamma, eps, measured_with=lambda v: v),
+    },
+    hint="Per column (axis=0): measured = sum(dx * x_hat) with dx from the backward pass; "
+         "predicted = gamma * invstd * dgamma * eps / (var + eps), var the biased (1/m) variance.")
+
+
+def check_scale_direction_sums(scale_direction_sums):
+    """Exercise check (notebook 03): scale_direction_sums(dout, x, gamma, beta, eps) ->
+    (measured, predicted), each (D,) for x and dout (N, D): per column,
+        measured  = sum_i dx_i * x_hat_i   (dx the gradient of sum(out * dout) by x),
+        predicted = gamma * invstd * dgamma * eps / (var + eps),  dgamma = sum(dout * x_hat).
+    Reference: PyTorch autograd through torch.nn.functional.batch_norm (training mode)."""
+    return _run(SCALE_DIRECTION_SUMS, scale_direction_sums)
 
 
 # --- notebook 04: update_running_stats, keras_running_var, digits_in_running_average --------

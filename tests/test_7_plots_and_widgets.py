@@ -109,18 +109,19 @@ def test_redraw_full_asks_for_a_full_draw(drawn_live_figure):
 
 # --- plot_bn_graph ---------------------------------------------------------------------------
 
-# Algorithm 1's forward steps, as written in the paper: each must appear as one box.
+# Algorithm 1's forward steps, named as batchnorm_forward's lines name them (std, invstd, out;
+# the paper's output y_i is `out`, since y names the labels): each must appear as one box.
 ALGORITHM_1_NODES = [r"$x_i$", r"$\mu=\frac{1}{m}\sum_i x_i$", r"$x_{c,i}=x_i-\mu$",
-                     r"$\sigma^2=\frac{1}{m}\sum_i x_{c,i}^2$", r"$s=\sqrt{\sigma^2+\epsilon}$",
-                     r"$\mathrm{invstd}=1/s$", r"$\hat x_i=x_{c,i}\,\mathrm{invstd}$",
-                     r"$\gamma,\ \beta$", r"$y_i=\gamma\hat x_i+\beta$"]
+                     r"$\sigma^2=\frac{1}{m}\sum_i x_{c,i}^2$", r"$\mathrm{std}=\sqrt{\sigma^2+\epsilon}$",
+                     r"$\mathrm{invstd}=1/\mathrm{std}$", r"$\hat x_i=x_{c,i}\,\mathrm{invstd}$",
+                     r"$\gamma,\ \beta$", r"$\mathrm{out}_i=\gamma\hat x_i+\beta$"]
 
 # Algorithm 1's data flow, (from, to), each step's inputs written out from its formula:
-# x feeds mu and x_c; mu feeds x_c; x_c feeds var and x_hat; var -> s -> invstd -> x_hat;
-# x_hat and (gamma, beta) feed y.
-X, MU, XC, VAR, S, INVSTD, XHAT, GAMMA_BETA, Y = ALGORITHM_1_NODES
-ALGORITHM_1_EDGES = {(X, MU), (X, XC), (MU, XC), (XC, VAR), (VAR, S), (S, INVSTD),
-                     (INVSTD, XHAT), (XC, XHAT), (XHAT, Y), (GAMMA_BETA, Y)}
+# x feeds mu and x_c; mu feeds x_c; x_c feeds var and x_hat; var -> std -> invstd -> x_hat;
+# x_hat and (gamma, beta) feed out.
+X, MU, XC, VAR, STD, INVSTD, XHAT, GAMMA_BETA, OUT = ALGORITHM_1_NODES
+ALGORITHM_1_EDGES = {(X, MU), (X, XC), (MU, XC), (XC, VAR), (VAR, STD), (STD, INVSTD),
+                     (INVSTD, XHAT), (XC, XHAT), (XHAT, OUT), (GAMMA_BETA, OUT)}
 
 
 @pytest.fixture
@@ -148,8 +149,8 @@ def test_plot_bn_graph_draws_one_box_per_step_of_algorithm_1(fig):
 
 
 def test_plot_bn_graph_draws_the_ten_forward_edges(fig):
-    # x feeds mu and x_c; mu feeds x_c; x_c feeds var and x_hat; var -> s -> invstd -> x_hat;
-    # x_hat and (gamma, beta) feed y: 10 arrows.
+    # x feeds mu and x_c; mu feeds x_c; x_c feeds var and x_hat; var -> std -> invstd -> x_hat;
+    # x_hat and (gamma, beta) feed out: 10 arrows.
     assert len(arrows(fig)) == 10
 
 
@@ -161,7 +162,7 @@ def test_plot_bn_graph_arrows_go_from_each_input_box_to_the_box_it_feeds(fig):
 
 def test_plot_bn_graph_labels_local_derivatives(fig):
     texts = " ".join(t.get_text() for t in fig.axes[0].texts)
-    for local in (r"1/m", r"1/(2s)", r"-1/s^2", r"2x_{c,i}/m"):
+    for local in (r"1/m", r"1/(2\,\mathrm{std})", r"-1/\mathrm{std}^2", r"2x_{c,i}/m"):
         assert local in texts
 
 

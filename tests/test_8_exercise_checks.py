@@ -43,6 +43,13 @@ def batchnorm_backward(dout, x, gamma, eps):
     return gamma * invstd / m * (m * dout - dbeta - x_hat * dgamma), dgamma, dbeta
 
 
+def scale_direction_sums(dout, x, gamma, beta, eps):
+    dx, dgamma, _ = batchnorm_backward(dout, x, gamma, eps)
+    var = x.var(axis=0)
+    x_hat = (x - x.mean(axis=0)) / np.sqrt(var + eps)
+    return (dx * x_hat).sum(axis=0), gamma / np.sqrt(var + eps) * dgamma * eps / (var + eps)
+
+
 def update_running_stats(running_mean, running_var, x, momentum):
     n = len(x)
     return ((1 - momentum) * running_mean + momentum * x.mean(axis=0),
@@ -102,6 +109,7 @@ CHECKS = {
     "line_fit_r2": (bnlib.check_line_fit_r2, bnlib.LINE_FIT_R2, line_fit_r2),
     "batchnorm_forward": (bnlib.check_batchnorm_forward, bnlib.BATCHNORM_FORWARD, batchnorm_forward),
     "batchnorm_backward": (bnlib.check_batchnorm_backward, bnlib.BATCHNORM_BACKWARD, batchnorm_backward),
+    "scale_direction_sums": (bnlib.check_scale_direction_sums, bnlib.SCALE_DIRECTION_SUMS, scale_direction_sums),
     "update_running_stats": (bnlib.check_running_stats_update, bnlib.RUNNING_STATS_UPDATE, update_running_stats),
     "keras_running_var": (bnlib.check_keras_running_var, bnlib.KERAS_RUNNING_VAR, keras_running_var),
     "digits_in_running_average": (bnlib.check_digits_in_running_average, bnlib.RUNNING_AVERAGE_DIGITS,
@@ -191,6 +199,23 @@ def _backward_swapped(dout, x, gamma, eps):
     return dx, dbeta, dgamma
 
 
+def _scale_sums_no_eps_factor(dout, x, gamma, beta, eps):
+    measured, _ = scale_direction_sums(dout, x, gamma, beta, eps)
+    _, dgamma, _ = batchnorm_backward(dout, x, gamma, eps)
+    return measured, gamma / np.sqrt(x.var(axis=0) + eps) * dgamma
+
+
+def _scale_sums_eps_over_var(dout, x, gamma, beta, eps):
+    measured, predicted = scale_direction_sums(dout, x, gamma, beta, eps)
+    var = x.var(axis=0)
+    return measured, predicted * (var + eps) / var
+
+
+def _scale_sums_times_x(dout, x, gamma, beta, eps):
+    dx, _, _ = batchnorm_backward(dout, x, gamma, eps)
+    return (dx * x).sum(axis=0), scale_direction_sums(dout, x, gamma, beta, eps)[1]
+
+
 def _nhwc_as_if_nchw(x, gamma, beta, eps=1e-5):
     mu, var = x.mean(axis=(0, 2, 3), keepdims=True), x.var(axis=(0, 2, 3), keepdims=True)
     return gamma * (x - mu) / np.sqrt(var + eps) + beta
@@ -267,6 +292,8 @@ MISTAKES = {
          "each row")],
     "batchnorm_backward": [(_backward_swapped, "swapped"), (_backward_no_variance_path, "through the variance"),
                            (_backward_no_mean_path, "through the mean"), (_backward_no_gamma, "factor gamma")],
+    "scale_direction_sums": [(_scale_sums_no_eps_factor, "misses the factor eps / (var + eps)"),
+                             (_scale_sums_eps_over_var, "uses eps / var"), (_scale_sums_times_x, "sums dx * x")],
     "update_running_stats": [(_keras_both, "OLD value"), (_biased_running_var, "biased batch variance"),
                              (_std_running_var, "standard deviation"), (_keras_variance_only, "OLD variance")],
     "keras_running_var": [
