@@ -82,6 +82,7 @@ bnlib itself uses):
     steps_to_reach                    6   -
     batch_means_with_shift            6   04
     ewma_lag_and_noise                6   04
+    effective_values                  6   -
     conv_net                          6   -
     conv_nets_side_by_side            6   -
     train_side_by_side                6   -
@@ -1422,9 +1423,44 @@ def ewma_lag_and_noise(batch_means, true_means, momentum, shift_at, fraction=0.9
 
 
 # --- Notebook 05: batch normalization for convolutions -----------------------------------------
-# The small conv net of the batch-of-one experiment, in torch (imported inside, as in notebook
-# 08's block), and K copies of it trained side by side in one loop, so that 5 seeds x 4 learning
-# rates cost about as much as one run.
+# How many independent values a channel's statistic is worth; the small conv net of the
+# batch-of-one experiment, in torch (imported inside, as in notebook 08's block), and K copies of
+# it trained side by side in one loop, so that 5 seeds x 4 learning rates cost about one run.
+
+def effective_values(maps, batch_size, n_batches=4000, seed=0):
+    """How many independent values one batch's variance of each channel is worth.
+
+    maps (N, C, H, W): the feature maps of N images. Draws n_batches batches of batch_size
+    images (with replacement, numpy's default_rng(seed)) and takes, per batch and channel,
+    the biased variance v over its m = batch_size * H * W values, as BN does. Were those m
+    values independent draws from the channel's distribution, v would vary from batch to
+    batch with variance (mu4 - sigma^4) / m (to first order in 1/m), mu4 and sigma^2 being
+    the channel's fourth central moment and variance over all N * H * W values. So
+        m_eff = (mu4 - sigma^4) / Var(v)
+    is the number of independent values that would make v as noisy as it is: m when the
+    values are independent, about batch_size when all values of an image are equal.
+    Returns (C,) float64.
+    """
+    caller = "effective_values"
+    maps = _as_float_array(maps, caller, "maps").astype(np.float64)
+    if maps.ndim != 4 or len(maps) < 2 or maps.shape[2] * maps.shape[3] < 1:
+        raise ValueError(f"{caller}: maps must be (N, C, H, W) feature maps of N >= 2 images; got shape "
+                         f"{maps.shape}.")
+    _check_finite(maps, caller, "maps")
+    if int(batch_size) != batch_size or batch_size < 1 or int(n_batches) != n_batches or n_batches < 2:
+        raise ValueError(f"{caller}: batch_size must be an integer >= 1 and n_batches an integer >= 2; got "
+                         f"{batch_size!r} and {n_batches!r}.")
+    centred = maps - maps.mean(axis=(0, 2, 3), keepdims=True)
+    sigma2 = np.mean(centred ** 2, axis=(0, 2, 3))
+    mu4 = np.mean(centred ** 4, axis=(0, 2, 3))
+    if np.any(sigma2 == 0):
+        raise ValueError(f"{caller}: a channel is constant (variance 0 over all {len(maps)} images): its "
+                         "batch variance never varies, so it has no number of values to count.")
+    mean_img, square_img = centred.mean(axis=(2, 3)), np.mean(centred ** 2, axis=(2, 3))   # (N, C)
+    rows = np.random.default_rng(seed).integers(0, len(maps), size=(int(n_batches), int(batch_size)))
+    v = square_img[rows].mean(axis=1) - mean_img[rows].mean(axis=1) ** 2    # (n_batches, C): batch variances
+    return (mu4 - sigma2 ** 2) / v.var(axis=0)
+
 
 def conv_net(batchnorm=True, width=8, seed=0):
     """The small conv net of notebook 05, as a torch.nn.Sequential (float32).
