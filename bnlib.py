@@ -1495,8 +1495,9 @@ def conv_nets_side_by_side(seeds, batchnorm=True, per_image=False, width=8):
     positions of the batch, as BatchNorm2d. per_image=True: each digit's maps are normalized
     with that digit's own per-channel mean and variance (what BatchNorm2d does to a batch of
     one image; here B of them at once, as data-parallel training with one image per device),
-    and the running statistics take the average over the B digits (torch's instance_norm with
-    running statistics). Eval mode normalizes with the running statistics.
+    and the running statistics take the average over the B digits of their means and unbiased
+    variances (as torch's InstanceNorm2d with track_running_stats=True). Eval mode normalizes
+    with the running statistics.
     """
     import torch
     seeds = _seed_list(seeds, "conv_nets_side_by_side")
@@ -1557,11 +1558,15 @@ def _side_by_side_class():
             def _normalize(self, z, channels, B):
                 bn = self.bn
                 if (self.per_image and self.training) or (self.test_per_image and not self.training):
-                    per_digit = z.reshape(channels, B, 144).transpose(0, 1)      # (B, channels, 144)
-                    stats = (bn.running_mean, bn.running_var) if self.training else (None, None)
-                    out = F.instance_norm(per_digit, *stats, bn.weight, bn.bias, use_input_stats=True,
-                                          momentum=bn.momentum, eps=bn.eps)
-                    return out.transpose(0, 1).reshape(z.shape)
+                    v = z.reshape(channels, B, 144)                  # each digit's 144 values per channel
+                    var, mu = torch.var_mean(v, dim=2, unbiased=False, keepdim=True)
+                    if self.training:                                # as torch's instance_norm: the
+                        with torch.no_grad():                        # average over the B digits
+                            bn.running_mean.mul_(1 - bn.momentum).add_(bn.momentum * mu.mean(dim=1)[:, 0])
+                            bn.running_var.mul_(1 - bn.momentum).add_(bn.momentum * var.mean(dim=1)[:, 0]
+                                                                      * 144 / 143)
+                    x_hat = (v - mu) * torch.rsqrt(var + bn.eps)
+                    return torch.addcmul(bn.bias[:, None, None], bn.weight[:, None, None], x_hat).reshape(z.shape)
                 out = F.batch_norm(z.reshape(1, channels, B * 144), bn.running_mean, bn.running_var,
                                    bn.weight, bn.bias, self.training, bn.momentum, bn.eps)
                 return out.reshape(z.shape)
@@ -1612,7 +1617,7 @@ def train_side_by_side(nets, X, y, rates, batch_size, examples):
         loss.sum().backward()                     # copy k's parameters get dL_k/dp only
         with torch.no_grad():
             for p, rate in zip(params, rate_rows):
-                p -= rate * p.grad
+                p.addcmul_(rate, p.grad, value=-1.0)          # p -= rate * grad
         losses[step] = loss.detach().numpy()
     return losses
 
