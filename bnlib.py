@@ -1558,15 +1558,15 @@ def _side_by_side_class():
             def _normalize(self, z, channels, B):
                 bn = self.bn
                 if (self.per_image and self.training) or (self.test_per_image and not self.training):
-                    v = z.reshape(channels, B, 144)                  # each digit's 144 values per channel
-                    var, mu = torch.var_mean(v, dim=2, unbiased=False, keepdim=True)
-                    if self.training:                                # as torch's instance_norm: the
-                        with torch.no_grad():                        # average over the B digits
-                            bn.running_mean.mul_(1 - bn.momentum).add_(bn.momentum * mu.mean(dim=1)[:, 0])
-                            bn.running_var.mul_(1 - bn.momentum).add_(bn.momentum * var.mean(dim=1)[:, 0]
-                                                                      * 144 / 143)
-                    x_hat = (v - mu) * torch.rsqrt(var + bn.eps)
-                    return torch.addcmul(bn.bias[:, None, None], bn.weight[:, None, None], x_hat).reshape(z.shape)
+                    rows = z.reshape(1, channels * B, 144)       # row c * B + b: channel c of digit b
+                    if self.training:                            # running statistics: as torch's
+                        with torch.no_grad():                    # instance_norm, the average over digits
+                            var, mu = torch.var_mean(rows.reshape(channels, B, 144), dim=2, correction=1)
+                            bn.running_mean.mul_(1 - bn.momentum).add_(bn.momentum * mu.mean(dim=1))
+                            bn.running_var.mul_(1 - bn.momentum).add_(bn.momentum * var.mean(dim=1))
+                    out = F.batch_norm(rows, None, None, bn.weight.repeat_interleave(B),   # each row over
+                                       bn.bias.repeat_interleave(B), True, 0.0, bn.eps)    # its own 144 values
+                    return out.reshape(z.shape)
                 out = F.batch_norm(z.reshape(1, channels, B * 144), bn.running_mean, bn.running_var,
                                    bn.weight, bn.bias, self.training, bn.momentum, bn.eps)
                 return out.reshape(z.shape)
