@@ -82,11 +82,11 @@ bnlib itself uses):
     steps_to_reach                    6   -
     batch_means_with_shift            6   04
     ewma_lag_and_noise                6   04
-    effective_values                  6   -
+    effective_values                  6   05
     conv_net                          6   -
-    conv_nets_side_by_side            6   -
-    train_side_by_side                6   -
-    side_by_side_accuracy             6   -
+    conv_nets_side_by_side            6   05
+    train_side_by_side                6   05
+    side_by_side_accuracy             6   05
     x_hat_in_random_batches           6   06
     loss_along_gradient               6   -
     gradient_change_along_gradient    6   06
@@ -104,7 +104,7 @@ bnlib itself uses):
     BN_COLOR                          7   01
     PLAIN_COLOR                       7   01
     DATA_COLORS                       7   01
-    method_color                      7   06
+    method_color                      7   05
     interactive_figure                7   01
     LiveFigure                        7   01
     slider_panel                      7   01
