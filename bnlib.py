@@ -85,6 +85,11 @@ bnlib itself uses):
     steps_to_reach                    6   -
     batch_means_with_shift            6   04
     ewma_lag_and_noise                6   04
+    effective_values                  6   05
+    conv_net                          6   -
+    conv_nets_side_by_side            6   05
+    train_side_by_side                6   05
+    side_by_side_accuracy             6   05
     x_hat_in_random_batches           6   06
     loss_along_gradient               6   -
     gradient_change_along_gradient    6   06
@@ -102,7 +107,7 @@ bnlib itself uses):
     BN_COLOR                          7   01
     PLAIN_COLOR                       7   01
     DATA_COLORS                       7   01
-    method_color                      7   06
+    method_color                      7   05
     interactive_figure                7   01
     LiveFigure                        7   01
     slider_panel                      7   01
@@ -1563,6 +1568,240 @@ def ewma_lag_and_noise(batch_means, true_means, momentum, shift_at, fraction=0.9
     lag = steps_to_reach(track, shift_at, true_means[shift_at - 1], true_means[shift_at], fraction)
     noise = ewma(batch_means - true_means, momentum)[settle:].std()
     return lag, float(noise)
+
+
+# --- Notebook 05: batch normalization for convolutions -----------------------------------------
+# How many independent values a channel's statistic is worth; the small conv net of the
+# batch-of-one experiment, in torch (imported inside, as in notebook 08's block), and K copies of
+# it trained side by side in one loop, so that 5 seeds x 4 learning rates cost about one run.
+
+def effective_values(maps, batch_size, n_batches=4000, seed=0):
+    """How many independent values one batch's variance of each channel is worth.
+
+    maps (N, C, H, W): the feature maps of N images. Draws n_batches batches of batch_size
+    images (with replacement, numpy's default_rng(seed)) and takes, per batch and channel,
+    the biased variance v over its m = batch_size * H * W values, as BN does. Were those m
+    values independent draws from the channel's distribution, v would vary from batch to
+    batch with variance (mu4 - sigma^4) / m (to first order in 1/m), mu4 and sigma^2 being
+    the channel's fourth central moment and variance over all N * H * W values. So
+        m_eff = (mu4 - sigma^4) / Var(v)
+    is the number of independent values that would make v as noisy as it is: m when the
+    values are independent, about batch_size when all values of an image are equal.
+    Returns (C,) float64.
+    """
+    caller = "effective_values"
+    maps = _as_float_array(maps, caller, "maps").astype(np.float64)
+    if maps.ndim != 4 or len(maps) < 2 or maps.shape[2] * maps.shape[3] < 1:
+        raise ValueError(f"{caller}: maps must be (N, C, H, W) feature maps of N >= 2 images; got shape "
+                         f"{maps.shape}.")
+    _check_finite(maps, caller, "maps")
+    if int(batch_size) != batch_size or batch_size < 1 or int(n_batches) != n_batches or n_batches < 2:
+        raise ValueError(f"{caller}: batch_size must be an integer >= 1 and n_batches an integer >= 2; got "
+                         f"{batch_size!r} and {n_batches!r}.")
+    centred = maps - maps.mean(axis=(0, 2, 3), keepdims=True)
+    sigma2 = np.mean(centred ** 2, axis=(0, 2, 3))
+    mu4 = np.mean(centred ** 4, axis=(0, 2, 3))
+    if np.any(sigma2 == 0):
+        raise ValueError(f"{caller}: a channel is constant (variance 0 over all {len(maps)} images): its "
+                         "batch variance never varies, so it has no number of values to count.")
+    mean_img, square_img = centred.mean(axis=(2, 3)), np.mean(centred ** 2, axis=(2, 3))   # (N, C)
+    rows = np.random.default_rng(seed).integers(0, len(maps), size=(int(n_batches), int(batch_size)))
+    v = square_img[rows].mean(axis=1) - mean_img[rows].mean(axis=1) ** 2    # (n_batches, C): batch variances
+    return (mu4 - sigma2 ** 2) / v.var(axis=0)
+
+
+def conv_net(batchnorm=True, width=8, seed=0):
+    """The small conv net of notebook 05, as a torch.nn.Sequential (float32).
+
+    Rows (N, 784) are reshaped to (N, 1, 28, 28) inside, then
+        Conv2d(1, width, 5x5, stride 2) -> BatchNorm2d(width) -> ReLU -> Flatten -> Linear(width * 144, 10):
+    each digit gives `width` maps of 12x12 ((28 - 5) // 2 + 1 = 12). batchnorm=False leaves BN
+    out and gives the conv a bias instead (with BN, beta does that job). Weights: PyTorch's
+    default init, drawn after torch.manual_seed(seed).
+    """
+    import torch
+    from torch import nn
+    if int(width) != width or width < 1:
+        raise ValueError(f"conv_net: width (the number of conv filters) must be an integer >= 1, got {width!r}.")
+    torch.manual_seed(int(seed))
+    width = int(width)
+    norm = [nn.BatchNorm2d(width)] if batchnorm else []
+    return nn.Sequential(nn.Unflatten(1, (1, 28, 28)), nn.Conv2d(1, width, 5, stride=2, bias=not batchnorm),
+                         *norm, nn.ReLU(), nn.Flatten(), nn.Linear(width * 144, 10))
+
+
+def conv_nets_side_by_side(seeds, batchnorm=True, per_image=False, width=8):
+    """K = len(seeds) independent copies of conv_net, one per seed, computed together.
+
+    Copy k starts as conv_net(batchnorm, width, seeds[k]) and stays independent of the
+    others (its own weights, BN statistics and batches): the copies share only the loop, so
+    that train_side_by_side trains all K in about the time of one. forward(x): x (K, B, 784)
+    gives copy k the batch x[k], x (B, 784) gives every copy the same digits; it returns the
+    logits, (K, B, 10). The conv is one matrix product over the 5x5 patches of each digit
+    (torch.nn.functional.unfold), the same numbers as Conv2d.
+    per_image=False: BN in training mode normalizes each channel over the B digits and 12x12
+    positions of the batch, as BatchNorm2d. per_image=True: each digit's maps are normalized
+    with that digit's own per-channel mean and variance (what BatchNorm2d does to a batch of
+    one image; here B of them at once, as data-parallel training with one image per device),
+    and the running statistics take the average over the B digits of their means and unbiased
+    variances (as torch's InstanceNorm2d with track_running_stats=True). Eval mode normalizes
+    with the running statistics.
+    """
+    import torch
+    seeds = _seed_list(seeds, "conv_nets_side_by_side")
+    nets = [conv_net(batchnorm, width, seed) for seed in seeds]
+    with torch.no_grad():
+        return _side_by_side_class()(nets, seeds, bool(per_image))
+
+
+def _seed_list(seeds, caller):
+    """seeds as a non-empty list of ints >= 0, or a clear error."""
+    seeds = np.atleast_1d(_as_float_array(seeds, caller, "seeds"))
+    if seeds.ndim != 1 or seeds.size == 0 or not np.all(np.isfinite(seeds)) \
+            or np.any(seeds != np.round(seeds)) or np.any(seeds < 0):
+        raise ValueError(f"{caller}: seeds must be a non-empty list of whole numbers >= 0, one per copy "
+                         f"(e.g. [0, 1, 2]); got {seeds!r}.")
+    return [int(s) for s in seeds]
+
+
+def _side_by_side_class():
+    """The module of conv_nets_side_by_side; made once, when torch is first needed."""
+    global _SideBySide
+    if _SideBySide is None:
+        import torch
+        import torch.nn.functional as F
+
+        class ConvNetsSideBySide(torch.nn.Module):
+            def __init__(self, nets, seeds, per_image):
+                super().__init__()
+                conv, head = nets[0][1], nets[0][-1]
+                self.seeds, self.width, self.per_image = tuple(seeds), conv.out_channels, per_image
+                self.test_per_image = False          # side_by_side_accuracy(per_image=True) sets it
+                stack = lambda ts: torch.nn.Parameter(torch.stack([t.detach().clone() for t in ts]))
+                self.conv_weight = stack([n[1].weight.reshape(self.width, 25) for n in nets])  # (K, w, 25)
+                self.conv_bias = stack([n[1].bias for n in nets]) if conv.bias is not None else None
+                self.bn = None
+                if isinstance(nets[0][2], torch.nn.BatchNorm2d):   # copy k: channels k*w .. k*w + w-1
+                    self.bn = torch.nn.BatchNorm2d(len(nets) * self.width)
+                    for name in ("weight", "bias", "running_mean", "running_var"):
+                        getattr(self.bn, name).copy_(torch.cat([getattr(n[2], name) for n in nets]))
+                self.head_weight = stack([n[-1].weight.T for n in nets])                       # (K, w*144, 10)
+                self.head_bias = stack([n[-1].bias for n in nets])                             # (K, 10)
+
+            def forward(self, x):
+                K, w, B = len(self.seeds), self.width, x.shape[-2]
+                patches = F.unfold(x.reshape(-1, 1, 28, 28), 5, stride=2)         # (digits, 25, 144)
+                if x.ndim == 3:                                                   # copy k's own digits
+                    patches = patches.reshape(K, B, 25, 144).transpose(1, 2).reshape(K, 25, B * 144)
+                    z = torch.bmm(self.conv_weight, patches)
+                else:                                                             # the same digits for all
+                    z = torch.matmul(self.conv_weight, patches.transpose(0, 1).reshape(25, B * 144))
+                if self.conv_bias is not None:                                    # z: (K, w, B * 144)
+                    z = z + self.conv_bias[:, :, None]
+                if self.bn is not None:
+                    z = self._normalize(z, K * w, B)
+                h = torch.relu(z).reshape(K, w, B, 144).transpose(1, 2).reshape(K, B, w * 144)
+                return torch.baddbmm(self.head_bias[:, None, :], h, self.head_weight)
+
+            def _normalize(self, z, channels, B):
+                bn = self.bn
+                if (self.per_image and self.training) or (self.test_per_image and not self.training):
+                    rows = z.reshape(1, channels * B, 144)       # row c * B + b: channel c of digit b
+                    if self.training:                            # running statistics: as torch's
+                        with torch.no_grad():                    # instance_norm, the average over digits
+                            var, mu = torch.var_mean(rows.reshape(channels, B, 144), dim=2, correction=1)
+                            bn.running_mean.mul_(1 - bn.momentum).add_(bn.momentum * mu.mean(dim=1))
+                            bn.running_var.mul_(1 - bn.momentum).add_(bn.momentum * var.mean(dim=1))
+                    out = F.batch_norm(rows, None, None, bn.weight.repeat_interleave(B),   # each row over
+                                       bn.bias.repeat_interleave(B), True, 0.0, bn.eps)    # its own 144 values
+                    return out.reshape(z.shape)
+                out = F.batch_norm(z.reshape(1, channels, B * 144), bn.running_mean, bn.running_var,
+                                   bn.weight, bn.bias, self.training, bn.momentum, bn.eps)
+                return out.reshape(z.shape)
+
+        _SideBySide = ConvNetsSideBySide
+    return _SideBySide
+
+
+_SideBySide = None
+
+
+def train_side_by_side(nets, X, y, rates, batch_size, examples):
+    """Plain SGD for every copy of conv_nets_side_by_side, each at its own learning rate.
+
+    Copy k draws `steps = examples // batch_size` batches of batch_size digits from (X, y),
+    with replacement, by numpy's default_rng(nets.seeds[k]) (copies with the same seed see
+    the same digits), and updates every parameter p -= rates[k] * dL_k/dp, L_k its own mean
+    cross-entropy over its batch: the same as torch.optim.SGD(lr=rates[k]) on
+    conv_net(seed=nets.seeds[k]) alone (tests/test_6_nb05_conv_batchnorm.py checks it).
+    X (N, 784) rows, y (N,) labels 0-9, rates (K,). Returns the (steps, K) training losses
+    (a copy whose rate diverges gets NaN losses; the others go on).
+    """
+    import torch
+    import torch.nn.functional as F
+    caller = "train_side_by_side"
+    X, y = _digits_and_labels(X, y, caller)
+    K = len(nets.seeds)
+    rates = _as_float_array(rates, caller, "rates")
+    if rates.shape != (K,) or not np.all(np.isfinite(rates)) or np.any(rates <= 0):
+        raise ValueError(f"{caller}: rates must be ({K},), one positive learning rate per copy; got "
+                         f"{rates!r}.")
+    if int(batch_size) != batch_size or batch_size < 1 or int(examples) != examples or examples < batch_size:
+        raise ValueError(f"{caller}: batch_size must be an integer >= 1 and examples an integer >= "
+                         f"batch_size; got {batch_size!r} and {examples!r}.")
+    steps, B = int(examples) // int(batch_size), int(batch_size)
+    draws = np.stack([np.random.default_rng(s).integers(0, len(X), size=(steps, B)) for s in nets.seeds], 1)
+    Xt, yt, draws = torch.from_numpy(X), torch.from_numpy(y), torch.from_numpy(draws)   # draws (steps, K, B)
+    params = list(nets.parameters())
+    rate_rows = [torch.from_numpy(rates.astype(np.float32)).repeat_interleave(p.shape[0] // K)
+                 .reshape(-1, *[1] * (p.ndim - 1)) for p in params]               # copy k owns rows k*r..
+    losses = np.empty((steps, K))
+    nets.train()
+    for step, idx in enumerate(draws):
+        loss = F.cross_entropy(nets(Xt[idx]).reshape(K * B, 10), yt[idx].reshape(-1),
+                               reduction="none").reshape(K, B).mean(dim=1)
+        for p in params:
+            p.grad = None
+        loss.sum().backward()                     # copy k's parameters get dL_k/dp only
+        with torch.no_grad():
+            for p, rate in zip(params, rate_rows):
+                p.addcmul_(rate, p.grad, value=-1.0)          # p -= rate * grad
+        losses[step] = loss.detach().numpy()
+    return losses
+
+
+def side_by_side_accuracy(nets, X, y, per_image=False):
+    """Test accuracy of every copy of conv_nets_side_by_side, in eval mode: (K,) float64.
+
+    per_image=False: BN normalizes with its running statistics (eval mode). per_image=True:
+    each digit's maps are normalized with that digit's own per-channel mean and variance,
+    which is what training mode computes for a batch of one digit. X (N, 784), y (N,).
+    The copies' train/eval mode is restored afterwards.
+    """
+    import torch
+    X, y = _digits_and_labels(X, y, "side_by_side_accuracy")
+    correct, was_training = np.zeros(len(nets.seeds)), nets.training
+    nets.eval()
+    nets.test_per_image = bool(per_image)
+    try:
+        with torch.no_grad():
+            for start in range(0, len(X), 500):
+                logits = nets(torch.from_numpy(X[start:start + 500]))
+                correct += (logits.argmax(dim=2).numpy() == y[None, start:start + 500]).sum(axis=1)
+    finally:
+        nets.test_per_image = False
+        nets.train(was_training)
+    return correct / len(X)
+
+
+def _digits_and_labels(X, y, caller):
+    """X as float32 (N, 784) finite rows and y as int64 (N,) labels 0-9, or a clear error."""
+    X = _as_float_array(X, caller, "X")
+    if X.ndim != 2 or X.shape[1] != 784 or len(X) == 0:
+        raise ValueError(f"{caller}: X must be (N, 784), one flattened 28x28 digit a row, N >= 1; "
+                         f"got shape {X.shape}.")
+    _check_finite(X, caller, "X")
+    return np.ascontiguousarray(X, dtype=np.float32), _labels(y, len(X), 10, caller)
 
 
 # --- Notebook 06: why BN works, the evidence ---------------------------------------------------

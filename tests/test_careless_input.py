@@ -22,6 +22,7 @@ X4 = RNG.normal(size=(4, 3, 2, 2)).round(2)
 _, GN_CACHE = bnlib.groupnorm_forward(X4, G, B, 3)
 _, LN_CACHE = bnlib.layernorm_forward(X, G, B)
 Y = np.array([0, 1, 0, 1, 1, 0, 1, 0])
+DIGITS, Y4 = RNG.random((4, 784)).round(2), np.array([3, 1, 4, 1])      # for notebook 05's conv nets
 
 
 def careless(a):
@@ -84,6 +85,13 @@ FUNCTIONS = {
     "sigmoid_linearity": (bnlib.sigmoid_linearity, X),
     "ewma": (lambda v: bnlib.ewma(v, 0.1), X),
     "x_hat_in_random_batches": (lambda x: bnlib.x_hat_in_random_batches(x, 0, 4, 5), X[:, 0]),
+    "effective_values": (lambda m: bnlib.effective_values(m, 2, n_batches=50), X4),
+    "conv_nets_side_by_side": (lambda s: bnlib.side_by_side_accuracy(bnlib.conv_nets_side_by_side(s), DIGITS,
+                                                                     Y4), np.array([0.0, 1.0])),
+    "train_side_by_side": (lambda Xc: bnlib.train_side_by_side(bnlib.conv_nets_side_by_side([0]), Xc, Y4,
+                                                               [0.01], 1, 2), DIGITS),
+    "side_by_side_accuracy": (lambda Xc: bnlib.side_by_side_accuracy(bnlib.conv_nets_side_by_side([0]), Xc, Y4),
+                              DIGITS),
 }
 KINDS = list(careless(X))
 
