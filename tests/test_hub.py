@@ -3,7 +3,7 @@
 The hub is the real thing: jupyterhub with configurable-http-proxy (npm), both on 127.0.0.1 on
 free ports, configured by the committed tools/hub/jupyterhub_config.py (and so
 tools/hub/course_config.py) plus a temporary file that adds only the ports, an API token for the
-test, and window.jupyterapp for the page helpers. K students (BN_HUB_STUDENTS, default 3) then
+test, and window.jupyterapp for the page helpers (tools/hub/local_hub.py starts and stops it). K students (BN_HUB_STUDENTS, default 3) then
   1. log in at once (K browser contexts, the hub spawns their servers side by side),
   2. each open notebook 02 in their own ~/bn-course/ (the student edition, copied at first login),
   3. press Run All at the same moment; every cell runs with no error,
@@ -15,8 +15,8 @@ Every server has the course's JupyterLab settings and its kernels the pinned num
 
 The browser helpers (notebook state, slider drag, figure change) are tests/test_browser.py's.
 The hub, the proxy, every student's server and every kernel carry a marker in their environment;
-at the end the hub is stopped, anything it left is killed by process group, and the test fails
-if any marked process was left. Timings (log in, Run All, redraw; per student) are printed and
+at the end the hub is stopped (SIGTERM: it stops the servers and the proxy), anything still
+marked is killed by process group, and the test fails if the hub left any marked process. Timings (log in, Run All, redraw; per student) are printed and
 written to artifacts/hub/timings.json; nothing asserts on them.
 
 Marked `browser` (so the contributors' fast loop skips it) and `hub` (`pytest -m hub` runs it alone).
@@ -26,12 +26,7 @@ import json
 import os
 import re
 import secrets
-import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import nbformat
@@ -39,171 +34,47 @@ import psutil
 import pytest
 
 from test_browser import (RENDER_TIMEOUT, RUN_ALL_TIMEOUT, RUN_DONE_JS, STATE_JS,
-                          VIEWPORT, _cell_errors, _drag_first_slider, _free_port, _poll,
+                          VIEWPORT, _cell_errors, _drag_first_slider, _poll,
                           _wait_kernel_settled, chromium)  # noqa: F401 -- chromium is a fixture
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = ROOT / "tools" / "hub" / "jupyterhub_config.py"
-PROXY = ROOT / "tools" / "hub" / "node_modules" / ".bin" / "configurable-http-proxy"
 ARTIFACTS = ROOT / "artifacts" / "hub"
 STUDENTS = [f"student{i + 1}" for i in range(int(os.environ.get("BN_HUB_STUDENTS", "3")))]
 NOTEBOOK = "02_sigmoid_linear_region"
 COURSE = "bn-course"                         # course_config.py's folder in each home
 NB_PATH = f"{COURSE}/notebooks/{NOTEBOOK}.ipynb"
-INSTALL_HINT = "bash tools/setup.sh --hub (.ci/run does)"
 OVERRIDES = json.loads((ROOT / "tools" / "jupyterlab-overrides.json").read_text())
-_spec = importlib.util.spec_from_file_location("pinned_numerics", ROOT / "tools" / "pinned_numerics.py")
-pinned_numerics = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(pinned_numerics)
-
-HUB_START_TIMEOUT = 180     # s: it builds the student edition first; a busy 2-core machine is slow
 SPAWN_TIMEOUT = 300         # s: K servers starting at once, then JupyterLab loading in each page
-STOP_TIMEOUT = 90           # s: the hub stops every server (SIGINT, SIGTERM after 10 s) and the proxy
+
+
+def _load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+pinned_numerics = _load("pinned_numerics", ROOT / "tools" / "pinned_numerics.py")
+local_hub = _load("local_hub", ROOT / "tools" / "hub" / "local_hub.py")
 
 
 # ---------------------------------------------------------------------------
-# Processes
+# The hub (tools/hub/local_hub.py starts it and stops everything it started)
 # ---------------------------------------------------------------------------
-
-def _marked(marker):
-    """Every live process whose environment holds BN_HUB_TEST=marker."""
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.environ().get("BN_HUB_TEST") == marker and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
-            pass
-    return found
-
-
-def _describe(procs):
-    out = []
-    for p in procs:
-        try:
-            out.append(f"{p.pid} {' '.join(p.cmdline())[:160]}")
-        except psutil.Error:
-            out.append(f"{p.pid} (gone)")
-    return out
-
-
-def _kill_groups(procs, timeout=15):
-    """SIGTERM to each process's group, then SIGKILL to whatever is left."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for p in procs:
-            try:
-                os.killpg(os.getpgid(p.pid), sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-        _, procs = psutil.wait_procs(procs, timeout=timeout)
-        if not procs:
-            return
-
-
-# ---------------------------------------------------------------------------
-# The hub
-# ---------------------------------------------------------------------------
-
-def _api(hub, method, path, body=None):
-    req = urllib.request.Request(f"{hub['url']}/hub/api{path}", method=method,
-                                 data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Authorization": f"token {hub['token']}"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        text = r.read()
-    return json.loads(text) if text else None
-
-
-def _log_tail(hub, n=3000):
-    return hub["log"].read_text(errors="replace")[-n:]
-
-
-def _test_config(tmp, ports, token, marker):
-    """The committed config plus what only the test needs."""
-    path = tmp / "test_jupyterhub_config.py"
-    path.write_text(f"""\
-c = get_config()
-load_subconfig({str(CONFIG)!r})
-c.JupyterHub.port = {ports[0]}
-c.JupyterHub.hub_port = {ports[1]}
-c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{ports[2]}"
-# window.jupyterapp, which tests/test_browser.py's page helpers read (as JupyterLab's Galata does)
-c.Spawner.args.append("--LabApp.expose_app_in_browser=True")
-c.Spawner.environment.update({{"BN_HUB_TEST": {marker!r}}})
-c.JupyterHub.services = [{{"name": "course-test", "api_token": {token!r}}}]
-c.JupyterHub.load_roles = [{{"name": "course-test", "services": ["course-test"],
-                             "scopes": ["admin:users", "admin:servers", "servers"]}}]
-""")
-    return path
-
-
-def _require(condition, message):
-    if not condition:
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    _require(importlib.util.find_spec("jupyterhub"), f"jupyterhub is not installed: {INSTALL_HINT}")
-    _require(os.access(PROXY, os.X_OK), f"no configurable-http-proxy at {PROXY}: {INSTALL_HINT}")
-    tmp = tmp_path_factory.mktemp("hub")
-    marker, token, password = secrets.token_hex(8), secrets.token_hex(24), secrets.token_hex(12)
-    ports = []
-    while len(ports) < 3:
-        port = _free_port()
-        if port not in ports:
-            ports.append(port)
-    config = _test_config(tmp, ports, token, marker)
-    env = dict(os.environ, COURSE_HUB_DIR=str(tmp / "hub"), COURSE_HUB_PASSWORD=password,
-               BN_HUB_TEST=marker, TRAITLETS_APPLICATION_RAISE_CONFIG_FILE_ERROR="1")
-    env.pop("JUPYTERHUB_API_TOKEN", None)
-    log = tmp / "hub.log"
-    t0 = time.monotonic()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f", str(config)], cwd=tmp,
-                                env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    hub = {"url": f"http://127.0.0.1:{ports[0]}", "token": token, "password": password,
-           "dir": tmp / "hub", "log": log, "proc": proc, "marker": marker}
-    leftovers = []
-    try:
-        deadline = time.monotonic() + HUB_START_TIMEOUT
-        while True:
-            try:
-                with urllib.request.urlopen(hub["url"] + "/hub/api", timeout=5) as r:
-                    version = json.loads(r.read())["version"]
-                break
-            except (urllib.error.URLError, ConnectionError, OSError, ValueError):
-                pass
-            if proc.poll() is not None:
-                pytest.fail(f"the hub exited with {proc.returncode} at start. Log:\n{_log_tail(hub)}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"the hub did not answer within {HUB_START_TIMEOUT} s. Log:\n{_log_tail(hub)}")
-            time.sleep(0.5)
-        print(f"\n[hub] JupyterHub {version} up in {time.monotonic() - t0:.1f} s at {hub['url']}")
-        yield hub
-    finally:
-        # Stop the hub the way an admin does (SIGTERM): it stops every server and the proxy.
-        t0 = time.monotonic()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                leftovers.append(f"{proc.pid} the hub itself, {STOP_TIMEOUT} s after SIGTERM")
-        deadline = time.monotonic() + 15           # kernels may take a moment after their server
-        while _marked(marker) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        left = _marked(marker)
-        leftovers += _describe(left)
-        _kill_groups(left + ([psutil.Process(proc.pid)] if proc.poll() is None else []))
-        proc.wait(timeout=30)
-        print(f"[hub] stopped in {time.monotonic() - t0:.1f} s")
-        still = _marked(marker)
-        assert not still, f"processes survived SIGKILL: {_describe(still)}"
-        assert not leftovers, ("stopping the hub left these running (now killed):\n"
-                               + "\n".join(leftovers) + f"\nHub log:\n{_log_tail(hub)}")
+    why = local_hub.missing()
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    running = local_hub.LocalHub(tmp_path_factory.mktemp("hub"),
+                                 scopes=["admin:users", "admin:servers", "servers"])
+    with running:
+        yield running
+    assert not running.leftovers, ("stopping the hub left these running (now killed):\n"
+                                   + "\n".join(running.leftovers) + f"\nHub log:\n{running.log_tail()}")
 
 
 # ---------------------------------------------------------------------------
@@ -211,7 +82,7 @@ def hub(tmp_path_factory):
 # ---------------------------------------------------------------------------
 
 def _home(hub, student):
-    return hub["dir"] / "homes" / student
+    return hub.homes / student
 
 
 def _panel_js(body):
@@ -243,7 +114,7 @@ def test_students_at_once_run_the_notebook_drag_a_slider_and_keep_their_work_apa
     (ROOT / "artifacts" / "browser").mkdir(parents=True, exist_ok=True)   # _drag_first_slider's
     timing = {s: {} for s in STUDENTS}
     contexts, pages, errors = {}, {}, {s: [] for s in STUDENTS}
-    url = hub["url"]
+    url = hub.url
     try:
         # 1. Everyone logs in at once: the hub spawns K servers side by side.
         t0 = time.monotonic()
@@ -254,13 +125,13 @@ def test_students_at_once_run_the_notebook_drag_a_slider_and_keep_their_work_apa
             page.on("pageerror", lambda e, s=student: errors[s].append(str(e)))
             page.goto(f"{url}/hub/login")
             page.fill("#username_input", student)
-            page.fill("#password_input", hub["password"])
+            page.fill("#password_input", hub.password)
             page.click("#login_submit")
         for student, page in pages.items():
             page.wait_for_url(re.compile(f"/user/{student}/lab"), timeout=SPAWN_TIMEOUT * 1000)
             page.wait_for_function("() => !!window.jupyterapp", timeout=SPAWN_TIMEOUT * 1000)
             timing[student]["login_to_lab_s"] = round(time.monotonic() - t0, 1)
-        assert "copied the student edition" in _log_tail(hub, 10**7)
+        assert "copied the student edition" in hub.log_tail(10**7)
 
         # Each home has the student edition (no solutions), each server the course's settings.
         for student, page in pages.items():
@@ -290,7 +161,7 @@ def test_students_at_once_run_the_notebook_drag_a_slider_and_keep_their_work_apa
         # Their kernels: in their own home, with the pinned numerics and this repository's bnlib.
         want = {k: os.environ.get(k, v) for k, v in pinned_numerics.pinned_env().items()}
         kernels = {}
-        for p in _marked(hub["marker"]):
+        for p in local_hub.marked_processes(hub.marker):
             try:
                 if "ipykernel_launcher" in " ".join(p.cmdline()):
                     kernels[p.environ().get("HOME")] = p.environ()
@@ -356,16 +227,16 @@ def test_students_at_once_run_the_notebook_drag_a_slider_and_keep_their_work_apa
             expect(pages[student].locator(".jp-NotebookPanel:not(.lm-mod-hidden)")).to_be_visible()
 
         # A second start of the editor's server: the course is not copied over their work.
-        _api(hub, "DELETE", f"/users/{editor}/server")
-        assert _poll(lambda: not _api(hub, "GET", f"/users/{editor}")["servers"], 60), (
+        hub.api("DELETE", f"/users/{editor}/server")
+        assert _poll(lambda: not hub.api("GET", f"/users/{editor}")["servers"], 60), (
             f"{editor}'s server did not stop")
-        _api(hub, "POST", f"/users/{editor}/server")
-        ready = _poll(lambda: (_api(hub, "GET", f"/users/{editor}")["servers"].get("") or {}).get("ready"),
+        hub.api("POST", f"/users/{editor}/server")
+        ready = _poll(lambda: (hub.api("GET", f"/users/{editor}")["servers"].get("") or {}).get("ready"),
                       SPAWN_TIMEOUT, interval=1)
-        assert ready, f"{editor}'s server did not start again. Hub log:\n{_log_tail(hub)}"
+        assert ready, f"{editor}'s server did not start again. Hub log:\n{hub.log_tail()}"
         assert mark in (_home(hub, editor) / NB_PATH).read_text(), (
             f"restarting {editor}'s server copied the course over their edit")
-        assert _log_tail(hub, 10**7).count("copied the student edition") == len(STUDENTS)
+        assert hub.log_tail(10**7).count("copied the student edition") == len(STUDENTS)
     except BaseException:
         for student, page in pages.items():
             try:
