@@ -17,6 +17,7 @@ as JupyterLab's Run All does; no browser runs on the machine (in a class the bro
 students' laptops). Measured per student:
 - Run All: from the first cell sent to the last reply (the kernel already started), and the
   kernel's start (session created to first reply);
+- CPU seconds (user + system) the student's server and kernel used during the Run All;
 - memory after the run: RSS of the student's server and of its kernel (what `top` shows); and
   PSS (each shared page split between the processes that share it: the honest share of
   torch's libraries, which every kernel maps), summed over server + kernel;
@@ -204,18 +205,34 @@ async def one_step(hub, names, notebook):
     students = [Student(hub, n) for n in names]
     await asyncio.gather(*(s.open(nb_path) for s in students))
     cells = cells_of(hub.homes / names[0] / nb_path)
+    procs = {s.name: student_processes(hub, s.name) for s in students}
+    cpu0 = {name: cpu_s(p) for name, p in procs.items()}
     await asyncio.wait_for(asyncio.gather(*(s.run_all(cells) for s in students)), RUN_TIMEOUT)
+    cpu1 = {name: cpu_s(p) for name, p in procs.items()}
     mem = []
     for s in students:
-        procs = student_processes(hub, s.name)
-        server = memory_mb([procs["server"]] if procs["server"] else [])
-        kernel = memory_mb(procs["kernels"])
+        p = procs[s.name]
+        server = memory_mb([p["server"]] if p["server"] else [])
+        kernel = memory_mb(p["kernels"])
         mem.append({"server_rss": server[0], "kernel_rss": kernel[0],
                     "pss": server[1] + kernel[1]})
     used = psutil.virtual_memory().used / MB
     await asyncio.gather(*(s.close() for s in students))
     return {"run_all": [s.run_all_s for s in students],
+            "cpu": [cpu1[s.name] - cpu0[s.name] for s in students],
             "kernel_start": [s.kernel_start_s for s in students], "memory": mem, "used_mb": used}
+
+
+def cpu_s(procs):
+    """CPU seconds (user + system) used so far by a student's server and kernel."""
+    total = 0.0
+    for p in [procs["server"]] + procs["kernels"]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except (psutil.Error, AttributeError):
+            pass
+    return total
 
 
 def run(counts, notebooks, log=print):
@@ -252,71 +269,65 @@ def run(counts, notebooks, log=print):
 # ---------------------------------------------------------------------------
 
 def table(results):
-    cores = os.cpu_count()
-    lines = ["| students at once | notebook | Run All, median (s) | slowest (s) | kernel start, median (s) "
-             "| server RSS (MB) | kernel RSS (MB) | server + kernel PSS (MB) | machine's used memory (GB) |",
-             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| students at once | notebook | Run All, median (s) | slowest (s) | CPU per student's Run All (core-s) "
+             "| kernel start, median (s) | server RSS (MB) | kernel RSS (MB) | server + kernel PSS (MB) "
+             "| machine's used memory (GB) |",
+             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for s in results["steps"]:
         m = s["memory"]
         lines.append(
             f"| {s['students']} | {s['notebook']} | {statistics.median(s['run_all']):.1f} | "
-            f"{max(s['run_all']):.1f} | {statistics.median(s['kernel_start']):.1f} | "
+            f"{max(s['run_all']):.1f} | {statistics.median(s['cpu']):.1f} | "
+            f"{statistics.median(s['kernel_start']):.1f} | "
             f"{statistics.mean(x['server_rss'] for x in m):.0f} | "
             f"{statistics.mean(x['kernel_rss'] for x in m):.0f} | "
             f"{statistics.mean(x['pss'] for x in m):.0f} | {s['used_mb'] / 1024:.1f} |")
-    # Rule of thumb, from the largest class measured: core-seconds one Run All needs, MB a student holds.
-    top = max(s["students"] for s in results["steps"])
-    rule = []
-    for key in sorted({s["notebook"] for s in results["steps"]}):
-        alone = [s for s in results["steps"] if s["notebook"] == key and s["students"] == 1]
-        full = [s for s in results["steps"] if s["notebook"] == key and s["students"] == top][0]
-        core_s = max(full["run_all"]) * cores / top
-        line = (f"- {key}: with {top} students pressing Run All at once, the slowest finished in "
-                f"{max(full['run_all']):.1f} s, i.e. {core_s:.1f} core-seconds per student's run")
-        if alone:
-            line += f" (one student alone: {statistics.median(alone[0]['run_all']):.1f} s)"
-        rule.append(line + ".")
-    per_student = max(statistics.mean(x["pss"] for x in s["memory"]) for s in results["steps"])
-    per_student_rss = max(statistics.mean(x["server_rss"] + x["kernel_rss"] for x in s["memory"])
-                          for s in results["steps"])
-    return "\n".join(lines), rule, per_student, per_student_rss
+    return "\n".join(lines)
 
 
 def section(results):
-    t, rule, pss, rss = table(results)
     cores = os.cpu_count()
     mem = psutil.virtual_memory().total / 1024 ** 3
-    slow06 = [s for s in results["steps"] if s["notebook"] == "06"]
-    per_core = ""
-    if slow06:
-        top = max(s["students"] for s in slow06)
-        full = [s for s in slow06 if s["students"] == top][0]
-        core_s = max(full["run_all"]) * cores / top
-        per_core = (f"\n- CPU: for everyone's Run All of 06 (the heaviest notebook) to finish "
-                    f"within a minute, plan about {60 / core_s:.1f} students per core "
-                    f"({core_s:.0f} core-seconds each). Students reading, dragging sliders and "
-                    f"running cells one by one rarely all compute at the same moment, so a class "
-                    f"can be several times larger than that before anyone waits.")
+    steps = results["steps"]
+    pss = max(statistics.mean(x["pss"] for x in s["memory"]) for s in steps)
+    rss = max(statistics.mean(x["server_rss"] + x["kernel_rss"] for x in s["memory"]) for s in steps)
     per_gb = 1024 / pss
+    top = max(s["students"] for s in steps)
+    used = [s for s in steps if s["students"] == top]
+    grown = (max(s["used_mb"] for s in used) - results["used_before_mb"]) / top
+    rule = []
+    for key in sorted({s["notebook"] for s in steps}):
+        cpu = max(statistics.median(s["cpu"]) for s in steps if s["notebook"] == key)
+        rule.append(f"- CPU, notebook {key}: one student's Run All costs about {cpu:.0f} core-seconds "
+                    f"(the largest median measured), so everyone's Run All at the same moment "
+                    f"finishes within a minute for up to about {60 / cpu:.1f} students per core, "
+                    f"on a machine doing nothing else.")
     return f"""{BEGIN}
-Measured by `.venv/bin/python tools/bench_hub.py` on {results['date']} on this machine
-({cores} cores, {mem:.0f} GB; shared with other work: load average {results['load_before'][0]:.1f}
-before, {results['load_after'][0]:.1f} after, so the times are upper bounds) with the one-machine hub of
-`tools/hub/jupyterhub_config.py`: the servers of students 1..N started, then for each notebook
-all N students pressing Run All at the same moment (one kernel each, reached through the proxy;
-no browser on the machine: in a class the browsers run on the students' laptops). Memory after
-the run, mean per student. RSS counts the libraries every kernel maps (torch) once per process;
-PSS splits each shared page between the processes sharing it. The hub and its proxy:
-{results['hub_mb'][0]:.0f} MB RSS at the start, {results['hub_mb_end'][0]:.0f} MB at the end.
+Measured by `.venv/bin/python tools/bench_hub.py` on {results['date']}, on this machine
+({cores} cores, {mem:.0f} GB) with the one-machine hub of `tools/hub/jupyterhub_config.py`: the
+servers of students 1..N started, then for each notebook all N students pressing Run All at the
+same moment (one kernel each, reached through the proxy; no browser on the machine: in a class
+the browsers run on the students' laptops). The machine was shared with other work (load
+average {results['load_before'][0]:.1f} before, {results['load_after'][0]:.1f} after, on 2 cores), so
+the wall-clock times are upper bounds, several times what a quiet machine gives (06 alone runs
+in about 14 s there, [benchmarks.md](benchmarks.md)). The CPU seconds each student's server and
+kernel used depend much less on the other work (they still grow under contention: numpy's and
+torch's worker threads spin while they wait), and the memory not at all. Memory after the run, mean per
+student: RSS counts the libraries every kernel maps (torch) once per process, PSS splits each
+shared page between the processes sharing it. The hub and its proxy: {results['hub_mb'][0]:.0f} MB
+RSS at the start, {results['hub_mb_end'][0]:.0f} MB at the end.
 
-{t}
+{table(results)}
 
 Rule of thumb:
 
-{chr(10).join(rule)}
 - memory: about {pss:.0f} MB per student (PSS, the largest mean measured; {rss:.0f} MB if you add
-  up RSS), so about {per_gb:.1f} students per GB of RAM, after about 1 GB for the system and the
-  hub: a {mem:.0f} GB machine like this one holds about {int((mem - 1) * per_gb)} students.{per_core}
+  up RSS; the machine's used memory grew by {grown:.0f} MB per student with {top} of them), so
+  about {per_gb:.1f} students per GB of RAM after about 1 GB for the system and the hub: a
+  {mem:.0f} GB machine like this one holds about {int((mem - 1) * per_gb)} students.
+{chr(10).join(rule)}
+- A class reading, dragging sliders and running cells one by one rarely computes all at the
+  same moment: memory is the limit to plan for, CPU sets how long a simultaneous Run All waits.
 {END}"""
 
 
