@@ -49,6 +49,7 @@ bnlib itself uses):
     NotFiniteError                    1   -
     NormLayer                         2   -
     BatchNorm                         2   04
+    BatchRenorm                       2   -
     GroupNorm                         2   -
     LayerNorm                         2   -
     NoisyBatchNorm                    2   -
@@ -56,7 +57,7 @@ bnlib itself uses):
     ACTIVATIONS                       2   -
     NORM_LAYERS                       2   -
     Linear                            2   -
-    MLP                               3   02
+    MLP                               3   01
     softmax_cross_entropy             3   02
     sgd_step                          3   -
     accuracy                          3   02
@@ -70,12 +71,14 @@ bnlib itself uses):
     load_mnist                        5   01
     ink_and_width                     6   01
     logreg_loss                       6   01
-    logreg_grad                       6   -
+    logreg_grad                       6   01
     logreg_hessian                    6   01
     fit_logreg                        6   01
+    logreg_condition_number           6   01
     gd_path                           6   01
-    first_step_below                  6   01
-    largest_stable_lr                 6   01
+    gd_sweep                          6   01
+    steps_to_settle                   6   01
+    last_hidden_layer                 6   01
     r2_linear_fit                     6   02
     sigmoid_linearity                 6   02
     ewma                              6   04
@@ -118,6 +121,10 @@ bnlib itself uses):
     check_batchnorm_backward          8   03
     RUNNING_STATS_UPDATE              8   -
     check_running_stats_update        8   04
+    KERAS_RUNNING_VAR                 8   -
+    check_keras_running_var           8   04
+    RUNNING_AVERAGE_DIGITS            8   -
+    check_digits_in_running_average   8   04
     BATCHNORM_NHWC                    8   -
     check_batchnorm_nhwc              8   05
     SPATIAL_BATCHNORM_BACKWARD        8   -
@@ -595,6 +602,73 @@ class BatchNorm(NormLayer):
                 f"training={self.training})")
 
 
+class BatchRenorm(BatchNorm):
+    """Batch Renormalization (Ioffe 2017, arXiv 1702.03275): BatchNorm whose training output
+    is corrected toward the running statistics, the ones eval mode uses.
+
+    BatchRenorm(num_features, eps=1e-5, momentum=0.1, r_max=3.0, d_max=5.0), for x (N, D) or
+    (N, C, H, W), with BatchNorm's interface and running statistics (updated exactly as
+    BatchNorm updates them). Training mode, per feature: with the batch's mu_B and
+    std_B = sqrt(var_B + eps) (biased var_B, as BN), x_hat = (x - mu_B) / std_B, and the running
+    statistics from BEFORE this batch, std = sqrt(running_var + eps),
+        r = clip(std_B / std, 1 / r_max, r_max),   d = clip((mu_B - running_mean) / std, -d_max, d_max)
+        out = gamma * (x_hat * r + d) + beta
+    Where no clip acts, x_hat * r + d = (x - running_mean) / std: what eval mode computes, so
+    training and inference normalize alike. r_max = 1, d_max = 0 is plain BN. The backward pass
+    treats r and d as constants (the paper's stop_gradient), so the gradient is BN's with gamma
+    replaced by gamma * r, and dgamma = sum(dout * (x_hat * r + d)).
+    Ioffe keeps r_max = 1, d_max = 0 for the first 5,000 steps and then relaxes them gradually
+    to 3 and 5; this layer uses fixed bounds (set layer.r_max, layer.d_max between steps to
+    follow a schedule). Attributes: BatchNorm's, r_max, d_max, and after a training forward r
+    and d, (num_features,).
+    """
+    name = "BatchRenorm"
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, r_max=3.0, d_max=5.0):
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        def number(v):
+            return isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_))
+        if not (number(r_max) and r_max >= 1) or not (number(d_max) and d_max >= 0):
+            raise ValueError(f"BatchRenorm: r_max must be a number >= 1 and d_max >= 0 (r is clipped to "
+                             f"[1/r_max, r_max], d to [-d_max, d_max]); got {r_max!r} and {d_max!r}. "
+                             "r_max=1, d_max=0 is plain BatchNorm.")
+        self.r_max, self.d_max = r_max, d_max
+        self.r = self.d = None
+
+    def forward(self, x):
+        """Renormalize x, (N, num_features) or (N, num_features, H, W); eval mode is BatchNorm's."""
+        mean_before, std_before = self.running_mean, np.sqrt(self.running_var + self.eps)
+        out = super().forward(x)                       # BN: batch statistics, running ones updated
+        if not self.training:
+            return out
+        cache = self._cache
+        mu_b, std_b = cache["mu"].ravel(), cache["std"].ravel()
+        r = np.clip(std_b / std_before, 1.0 / self.r_max, self.r_max)
+        d = np.clip((mu_b - mean_before) / std_before, -self.d_max, self.d_max)
+        self.r, self.d = r.astype(out.dtype), d.astype(out.dtype)
+        shape = cache["mu"].shape                      # (1, D) or (1, C, 1): broadcasts on x_hat
+        r, d = self.r.reshape(shape), self.d.reshape(shape)
+        gamma, beta = cache["gamma"], self.beta.astype(out.dtype).reshape(shape)
+        x_renorm = cache["x_hat"] * r + d
+        out = gamma * x_renorm + beta
+        self._cache = dict(cache, gamma=gamma * r, x_renorm=x_renorm)   # for the backward pass
+        return out.reshape(cache["shape"])
+
+    __call__ = forward
+
+    def backward(self, dout):
+        """Gradient of the last training-mode forward, r and d held constant; returns dx."""
+        cache = self._cached()
+        dx, _, self.dbeta = batchnorm_backward(dout, cache)       # cache's gamma is gamma * r
+        dout = _as_float_array(dout, "BatchRenorm.backward", "dout").reshape(cache["x_hat"].shape)
+        self.dgamma = np.sum(dout * cache["x_renorm"], axis=cache["axes"]).ravel()
+        return dx
+
+    def __repr__(self):
+        return (f"BatchRenorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"r_max={self.r_max}, d_max={self.d_max}, training={self.training})")
+
+
 class GroupNorm(NormLayer):
     """A group normalization layer (Wu & He 2018, arXiv 1803.08494), BatchNorm's interface.
 
@@ -728,7 +802,7 @@ ACTIVATIONS = {
 # Normalization layers an MLP can use: name -> class taking (num_features).
 # Every one has forward, backward, train, eval, gamma, beta, dgamma, dbeta.
 NORM_LAYERS = {"batch": BatchNorm, "layer": LayerNorm, "group": GroupNorm,
-               "noisy_batch": NoisyBatchNorm}
+               "noisy_batch": NoisyBatchNorm, "batch_renorm": BatchRenorm}
 
 
 class Linear:
@@ -768,7 +842,7 @@ class MLP:
     """A multilayer perceptron: [Linear -> (norm) -> activation] per hidden layer, then Linear.
 
     MLP(sizes=[784, 100, 10], activation="sigmoid", norm=None, seed=0), where norm is
-    None or a key of NORM_LAYERS ("batch", "layer", "group", "noisy_batch").
+    None or a key of NORM_LAYERS ("batch", "layer", "group", "noisy_batch", "batch_renorm").
     x: (N, sizes[0]) -> logits (N, sizes[-1]). With a norm layer the Linear before it
     has no bias. Weights ~ N(0, scale^2 / fan_in) with scale 1 (sigmoid, linear) or
     sqrt(2) (relu) unless weight_scale is given. After forward, `pre_norm[l]` holds
@@ -1179,6 +1253,14 @@ def _logreg_args(w, X, y, caller):
     return w, X, y
 
 
+def _zero_weights(X, caller):
+    """w = 0 for features X, once X is known to be (N, D) numbers."""
+    X = _as_float_array(X, caller, "X")
+    if X.ndim != 2:
+        raise ValueError(f"{caller}: X must be (N, D), one row of D features an example; got shape {X.shape}.")
+    return np.zeros(X.shape[1])
+
+
 def logreg_loss(w, X, y, b=0.0):
     """Mean cross-entropy of logistic regression, L = mean(log(1 + exp(z)) - y z), z = X w + b.
 
@@ -1211,15 +1293,63 @@ def fit_logreg(X, y, steps=50):
     X: (N, D), y: (N,) in {0, 1}. Returns (w (D,), b). Newton's steps do not care how
     badly the features are scaled, which is why it is a good reference here.
     """
-    _, X, y = _logreg_args(np.zeros(np.shape(X)[-1]), X, y, "fit_logreg")
+    _, X, y = _logreg_args(_zero_weights(X, "fit_logreg"), X, y, "fit_logreg")
     A = np.hstack([X, np.ones((len(X), 1))])                          # bias as a last feature
     theta = np.zeros(A.shape[1])
     for _ in range(steps):
         g = logreg_grad(theta, A, y)
-        theta -= np.linalg.solve(logreg_hessian(theta, A, y), g)
+        try:
+            theta -= np.linalg.solve(logreg_hessian(theta, A, y), g)
+        except np.linalg.LinAlgError:
+            raise ValueError("fit_logreg: the Hessian is singular: a feature is constant, or the "
+                             "features (with the bias) are linearly dependent.") from None
         if np.max(np.abs(g)) < 1e-12:
             break
     return theta[:-1], float(theta[-1])
+
+
+def logreg_condition_number(X, y):
+    """How stretched logistic regression's cost is at its minimum: kappa = lambda_max / lambda_min
+    of the Hessian of logreg_loss over the weights AND the bias, at the (w, b) of fit_logreg.
+
+    X: (N, D) features, y: (N,) labels in {0, 1}. Returns a float (1 for a perfectly round bowl).
+    """
+    _, X, y = _logreg_args(_zero_weights(X, "logreg_condition_number"), X, y, "logreg_condition_number")
+    w, b = fit_logreg(X, y)
+    A = np.hstack([X, np.ones((len(X), 1))])                          # bias as a last feature
+    lam = np.linalg.eigvalsh(logreg_hessian(np.append(w, b), A, y))
+    if not lam[0] > 0:
+        raise ValueError("logreg_condition_number: the Hessian is singular (smallest eigenvalue "
+                         f"{lam[0]:.3g}): a feature is constant, or the features (with the bias) are "
+                         "linearly dependent, or the classes are separable and the minimum is at infinity.")
+    return float(lam[-1] / lam[0])
+
+
+def _gradient_descent(X, y, w0, lrs, steps, b, caller):
+    w, X, y = _logreg_args(w0, X, y, caller)
+    lrs = _as_float_array(lrs, caller, "lrs").reshape(-1)
+    if not (lrs.size and np.all(np.isfinite(lrs)) and np.all(lrs > 0)
+            and np.ndim(steps) == 0 and int(steps) == steps >= 0):
+        raise ValueError(f"{caller}: need learning rates lr > 0 and a whole number of steps >= 0, "
+                         f"got lr={lrs.tolist()}, steps={steps}.")
+    steps, n = int(steps), len(y)
+    paths = np.empty((len(lrs), steps + 1, w.shape[-1]))
+    losses = np.empty((len(lrs), steps + 1))
+    paths[:, 0] = w
+    Xt = X.T.copy()
+    with np.errstate(over="ignore", invalid="ignore"):               # a diverging rate: inf/NaN, said below
+        for k in range(steps + 1):
+            z = paths[:, k] @ Xt + b                                  # (R, N): every rate's logits
+            e = np.exp(-np.abs(z))
+            losses[:, k] = np.mean(np.maximum(z, 0) + np.log1p(e) - y * z, axis=1)   # = logreg_loss
+            if k < steps:
+                p = np.where(z >= 0, 1.0, e) / (1.0 + e)              # sigmoid(z), without overflow
+                paths[:, k + 1] = paths[:, k] - lrs[:, None] * ((p - y) @ X) / n
+    if not np.all(np.isfinite(losses)):
+        bad = lrs[~np.all(np.isfinite(losses), axis=1)]
+        raise NotFiniteError(f"{caller}: gradient descent diverged to inf/NaN at lr {bad.tolist()}; "
+                             "try smaller learning rates.")
+    return paths, losses
 
 
 def gd_path(X, y, w0, lr, steps, b=0.0):
@@ -1228,34 +1358,50 @@ def gd_path(X, y, w0, lr, steps, b=0.0):
     w_{k+1} = w_k - lr * logreg_grad(w_k). X: (N, D), y: (N,), w0: (D,).
     Returns (path (steps + 1, D) with path[0] = w0, losses (steps + 1,)).
     """
-    w, X, y = _logreg_args(w0, X, y, "gd_path")
-    if not (lr > 0 and int(steps) == steps >= 0):
-        raise ValueError(f"gd_path: need lr > 0 and a whole number of steps >= 0, got lr={lr}, steps={steps}.")
-    path = np.empty((int(steps) + 1, len(w)))
-    path[0] = w
-    Xt, n = X.T.copy(), len(y)
-    for k in range(int(steps)):
-        p = sigmoid(X @ path[k] + b)
-        path[k + 1] = path[k] - lr * (Xt @ (p - y)) / n
-    losses = np.concatenate([logreg_loss(path[i:i + 1000], X, y, b) for i in range(0, len(path), 1000)])
-    return path, losses
+    if np.ndim(lr) != 0:
+        raise ValueError(f"gd_path: lr must be one number, got shape {np.shape(lr)}; "
+                         "for several learning rates at once use gd_sweep.")
+    paths, losses = _gradient_descent(X, y, w0, [lr], steps, b, "gd_path")
+    return paths[0], losses[0]
 
 
-def first_step_below(losses, threshold):
-    """The first step k with losses[k] <= threshold, or None if the run never gets there."""
-    hit = np.flatnonzero(np.asarray(losses) <= threshold)
-    return int(hit[0]) if hit.size else None
+def gd_sweep(X, y, lrs, steps, b=0.0):
+    """gd_path from w = 0 at several learning rates at once (one run per rate, bias b held fixed).
 
-
-def largest_stable_lr(X, y, lrs, steps=200, b=0.0):
-    """The largest learning rate in lrs at which gradient descent from w = 0 lowers the
-    loss at every one of `steps` steps (with the bias b held fixed), or None.
-
-    X: (N, D), y: (N,) in {0, 1}, lrs: learning rates to try (any order).
+    X: (N, D), y: (N,) in {0, 1}, lrs: R learning rates > 0.
+    Returns (paths (R, steps + 1, D), losses (R, steps + 1)): row r is gd_path at lrs[r].
     """
-    stable = [lr for lr in sorted(lrs)
-              if np.all(np.diff(gd_path(X, y, np.zeros(np.shape(X)[1]), lr, steps, b)[1]) <= 1e-12)]
-    return stable[-1] if stable else None
+    return _gradient_descent(X, y, _zero_weights(X, "gd_sweep"), lrs, steps, b, "gd_sweep")
+
+
+def steps_to_settle(losses, threshold):
+    """The first step k from which the loss stays at or below threshold to the end of the run
+    (every one of losses[k:]), or None when the run ends above it.
+
+    Unlike the first step below the threshold, this does not count a run that touches the
+    threshold once and bounces out again (a learning rate too large to settle).
+    """
+    losses = _as_float_array(losses, "steps_to_settle", "losses")
+    if losses.ndim != 1 or losses.size == 0:
+        raise ValueError(f"steps_to_settle: losses must be a 1-D array of one loss per step, got "
+                         f"shape {losses.shape}.")
+    above = np.flatnonzero(~(losses <= threshold))                    # NaN counts as above
+    if above.size and above[-1] == losses.size - 1:
+        return None
+    return int(above[-1] + 1) if above.size else 0
+
+
+def last_hidden_layer(model, X):
+    """The activations the last Linear layer of an MLP takes as its inputs, for inputs X.
+
+    model: a bnlib.MLP with at least one hidden layer; X: (N, sizes[0]). Runs model.forward(X)
+    (in the model's current mode) and returns (N, sizes[-2]): a^[L-1] = f(pre_activation[-1]).
+    """
+    if not isinstance(model, MLP) or len(model.linears) < 2:
+        raise TypeError(f"last_hidden_layer: model must be a bnlib.MLP with a hidden layer, got {model!r}.")
+    model.forward(X)
+    f, _ = ACTIVATIONS[model.activation]
+    return f(model.pre_activation[-1])
 
 
 # --- Notebook 02: the sigmoid's linear region --------------------------------------------------
@@ -1760,7 +1906,8 @@ def variance_shift(model, X):
 # ==============================================================================================
 
 # One colour per method across the whole course (ColorBrewer's Dark2: distinct on white and
-# for the common colour-vision deficiencies). Keys: the MLP's norm names, None for no
+# for the common colour-vision deficiencies; its 8 colours used up, Batch Renormalization takes
+# matplotlib's cyan, which neither Dark2 nor DATA_COLORS has). Keys: the MLP's norm names, None for no
 # normalization, and the other variants the notebooks compare. Data that is not a method
 # (two classes of digits, three features) takes DATA_COLORS, which no method uses.
 METHOD_COLORS = {
@@ -1769,6 +1916,7 @@ METHOD_COLORS = {
     "layer": "#7570b3",          # LayerNorm
     "group": "#e7298a",          # GroupNorm
     "noisy_batch": "#66a61e",    # BatchNorm with injected noise (notebook 06)
+    "batch_renorm": "#17becf",   # Batch Renormalization (notebook 07)
     "precise": "#e6ab02",        # BN with population statistics recomputed after training
     "residual": "#a6761d",       # BN in a residual network (notebook 08)
     "residual_zero_gamma": "#666666",   # ... with each block's last gamma starting at 0
@@ -1779,8 +1927,8 @@ DATA_COLORS = ("#1f78b4", "#a6cee3", "#4d4d4d")
 
 
 def method_color(method):
-    """The course's colour of a method: "batch", "layer", "group", "noisy_batch", "precise",
-    "residual", or None for no normalization (bnlib.METHOD_COLORS)."""
+    """The course's colour of a method: "batch", "layer", "group", "noisy_batch", "batch_renorm",
+    "precise", "residual", or None for no normalization (bnlib.METHOD_COLORS)."""
     if method not in METHOD_COLORS:
         raise KeyError(f"method_color: no colour for {method!r}; the methods are "
                        f"{sorted(map(str, METHOD_COLORS))}. Add it to bnlib.METHOD_COLORS, once.")
@@ -2515,7 +2663,7 @@ def check_batchnorm_backward(batchnorm_backward_fn):
     return _run(BATCHNORM_BACKWARD, batchnorm_backward_fn)
 
 
-# --- notebook 04: update_running_stats ------------------------------------------------------
+# --- notebook 04: update_running_stats, keras_running_var, digits_in_running_average --------
 
 def _running_stats_cases():
     cases = []
@@ -2577,6 +2725,100 @@ def check_running_stats_update(update_running_stats):
     Updating running_mean and running_var in place is allowed; x must stay as it was.
     Reference: torch.nn.BatchNorm1d's running_mean and running_var after one training step."""
     return _run(RUNNING_STATS_UPDATE, update_running_stats)
+
+
+def _keras_var_cases():
+    rng = np.random.default_rng(41)
+    return [(1.0 + rng.random(5), 32, 50, 0.99), (0.2 + 2.0 * rng.random(3), 4, 3, 0.9),
+            (0.5 + rng.random(4), 2, 200, 0.99), (3.0 + rng.random(6), 60, 10, 0.5)]
+
+
+def _keras_var_reference(torch_running_var, m, steps, keras_momentum):
+    """Closed form. Both start at 1 and weight the batch of j steps ago by (1 - k) k^j, so after
+    `steps` updates each is k^steps * 1 + (the batches' part); PyTorch's batches' part is
+    m / (m - 1) times Keras's (unbiased vs biased variance), the start's share is not:
+        torch - k^steps = m / (m - 1) * (keras - k^steps)."""
+    start_weight = keras_momentum ** steps
+    return start_weight + (m - 1) / m * (torch_running_var - start_weight)
+
+
+KERAS_RUNNING_VAR = Check(
+    title="keras_running_var", args=("torch_running_var", "m", "steps", "keras_momentum"),
+    outputs="running_var",
+    cases=_keras_var_cases,
+    describe=lambda torch_running_var, m, steps, keras_momentum:
+        f"{len(torch_running_var)} features, m={m}, steps={steps}, keras_momentum={keras_momentum}",
+    reference=_keras_var_reference,
+    mistakes={
+        "You scaled the whole running value by (m - 1) / m. Only the batches' part went through "
+        "PyTorch's m / (m - 1); the initial 1 still carries weight keras_momentum**steps in both, "
+        "unscaled.":
+            lambda rv, m, steps, k: rv * (m - 1) / m,
+        "You went the wrong way: PyTorch stores the unbiased variance, the larger one, so the "
+        "batches' part of Keras's value is (m - 1) / m of PyTorch's, not m / (m - 1).":
+            lambda rv, m, steps, k: k ** steps + m / (m - 1) * (rv - k ** steps),
+        "The initial value's weight after `steps` updates is keras_momentum**steps (Keras's "
+        "momentum weights the OLD value), not (1 - keras_momentum)**steps.":
+            lambda rv, m, steps, k: (1 - k) ** steps + (m - 1) / m * (rv - (1 - k) ** steps),
+        "You returned PyTorch's value unchanged; PyTorch stores the unbiased batch variance and "
+        "Keras the biased one, so the two differ.":
+            lambda rv, m, steps, k: np.array(rv, dtype=np.float64),
+    },
+    hint="Both start from running_var = 1. Write each running value as (weight of the start) * 1 "
+         "+ (the batches' part): which part does PyTorch's m / (m - 1) touch?")
+
+
+def check_keras_running_var(keras_running_var):
+    """Exercise check (notebook 04): keras_running_var(torch_running_var, m, steps, keras_momentum)
+    -> (D,), the running_var Keras's BatchNormalization(momentum=keras_momentum) holds after the
+    same `steps` batches of m values per feature for which torch.nn.BatchNorm1d(momentum=
+    1 - keras_momentum) holds torch_running_var (D,); both start at 1, PyTorch stores the unbiased
+    batch variance and Keras the biased one. Reference: the closed form
+        keras = k^steps + (m - 1) / m * (torch - k^steps),  k = keras_momentum."""
+    return _run(KERAS_RUNNING_VAR, keras_running_var)
+
+
+def _running_digits_cases():
+    return [(0.1, 60), (0.01, 32), (0.5, 8), (0.001, 4), (0.3, 1)]
+
+
+def _running_digits_reference(momentum, batch_size):
+    """Closed form. The weights w_j = a (1 - a)^j (a = momentum) have
+    sum_j w_j^2 = a^2 / (1 - (1 - a)^2) = a / (2 - a), and a mean of independent batch means,
+    each as noisy as the mean of batch_size digits, weighted by w_j (sum 1), has the noise of
+    the mean of batch_size / sum_j w_j^2 = batch_size * (2 - a) / a digits."""
+    return batch_size * (2.0 - momentum) / momentum
+
+
+RUNNING_AVERAGE_DIGITS = Check(
+    title="digits_in_running_average", args=("momentum", "batch_size"), outputs="digits",
+    cases=_running_digits_cases,
+    describe=lambda momentum, batch_size: f"momentum={momentum}, batch_size={batch_size}",
+    reference=_running_digits_reference,
+    mistakes={
+        "You returned batch_size / momentum, the horizon in digits (where the weights have "
+        "fallen by a factor e). The effective number is batch_size / sum_j w_j^2, which counts "
+        "the long tail of small weights too.":
+            lambda momentum, batch_size: batch_size / momentum,
+        "You counted batches, not digits: each batch holds batch_size digits.":
+            lambda momentum, batch_size: (2.0 - momentum) / momentum,
+        "Your weights follow Keras's convention, momentum weighting the OLD value; in PyTorch's "
+        "the batch of j steps ago has weight momentum * (1 - momentum)**j.":
+            lambda momentum, batch_size: batch_size * (1.0 + momentum) / (1.0 - momentum),
+        "You divided by sum_j w_j, which is 1; the noise of a weighted mean goes with the sum of "
+        "the SQUARED weights, sum_j w_j^2.":
+            lambda momentum, batch_size: float(batch_size),
+    },
+    hint="Sum w_j^2 far enough (at momentum 0.001 the weights last thousands of steps), or use "
+         "the geometric series sum_j r^j = 1 / (1 - r).")
+
+
+def check_digits_in_running_average(digits_in_running_average):
+    """Exercise check (notebook 04): digits_in_running_average(momentum, batch_size) -> float, the
+    effective number of digits behind a running mean (PyTorch's momentum, weights
+    w_j = momentum * (1 - momentum)^j on the batch of j steps ago, infinitely many steps):
+    batch_size / sum_j w_j^2. Reference: the closed form batch_size * (2 - momentum) / momentum."""
+    return _run(RUNNING_AVERAGE_DIGITS, digits_in_running_average)
 
 
 # --- notebook 05: batchnorm_nhwc, spatial_batchnorm_backward --------------------------------

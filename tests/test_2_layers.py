@@ -1,6 +1,7 @@
 """bnlib section 2, layers: BatchNorm against torch.nn.BatchNorm1d/2d (training steps, running
-statistics, eval mode, backward), GroupNorm and LayerNorm layers, NoisyBatchNorm, and the clear
-errors a layer gives for bad input. References: PyTorch modules and autograd, closed forms."""
+statistics, eval mode, backward), GroupNorm and LayerNorm layers, NoisyBatchNorm, BatchRenorm
+against Batch Renormalization's algorithm written in torch, and the clear errors a layer gives
+for bad input. References: PyTorch modules and autograd, closed forms."""
 import numpy as np
 import pytest
 import torch
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 
 import bnlib
 from cases import batch, error_of, random_case
-from torch_reference import torch_grads
+from torch_reference import torch_batch_renorm, torch_grads
 
 
 # --- the BatchNorm layer against torch.nn.BatchNorm1d / BatchNorm2d --------------------------
@@ -204,6 +205,91 @@ def test_noisy_bn_running_statistics_match_torch_batchnorm1d():
 def test_noisy_bn_refuses_a_gain_below_one():
     with pytest.raises(ValueError, match="noise_gain"):
         bnlib.NoisyBatchNorm(5, noise_gain=0.5)
+
+
+# --- BatchRenorm (Ioffe 2017, arXiv 1702.03275) ---------------------------------------------
+
+def _renorm_case(shape, seed):
+    """A BatchRenorm layer with non-trivial gamma, beta and running statistics chosen so that
+    some features' r and d fall inside their bounds and others are clipped; x and dout."""
+    x, gamma, beta, dout = batch(shape, seed)
+    c = shape[1]
+    layer = bnlib.BatchRenorm(c, r_max=2.0, d_max=1.0)
+    layer.gamma, layer.beta = gamma, beta
+    # std_b of feature k is about spread_k (0.5 .. 3), its mean about 2: running std 0.2 .. 1.8
+    # and running means 1.5 .. 4 put r and d on both sides of their clips
+    layer.running_var = np.linspace(0.04, 3.2, c)
+    layer.running_mean = np.linspace(1.5, 4.0, c)
+    return layer, x, dout
+
+
+@pytest.mark.parametrize("shape", [(16, 6), (4, 5, 3, 3)])
+def test_batch_renorm_forward_and_backward_match_the_papers_algorithm_in_torch(shape):
+    layer, x, dout = _renorm_case(shape, seed=20)
+    rm, rv = layer.running_mean.copy(), layer.running_var.copy()
+    out = layer.forward(x)
+    dx = layer.backward(dout)
+    out_ref, dx_ref, dgamma_ref, dbeta_ref = torch_batch_renorm(x, layer.gamma, layer.beta, dout, rm, rv,
+                                                                r_max=2.0, d_max=1.0)
+    clipped_r = np.isclose(layer.r, 2.0) | np.isclose(layer.r, 0.5)
+    clipped_d = np.isclose(np.abs(layer.d), 1.0)
+    assert clipped_r.any() and not clipped_r.all() and clipped_d.any() and not clipped_d.all()
+    assert np.max(np.abs(out - out_ref)) < 1e-12
+    assert np.max(np.abs(dx - dx_ref)) < 1e-10
+    assert np.max(np.abs(layer.dgamma - dgamma_ref)) < 1e-10
+    assert np.max(np.abs(layer.dbeta - dbeta_ref)) < 1e-10
+
+
+def test_batch_renorm_unclipped_trains_on_what_eval_mode_computes():
+    """Closed form: with r and d inside their bounds, x_hat * r + d = (x - running_mean) / std,
+    with the running statistics from before the step."""
+    x, gamma, beta, _ = batch((10, 4), seed=21)
+    layer = bnlib.BatchRenorm(4, r_max=np.inf, d_max=np.inf)
+    layer.gamma, layer.beta = gamma, beta
+    layer.running_mean, layer.running_var = np.array([1.0, 2.0, 3.0, -1.0]), np.array([0.5, 1.0, 2.0, 4.0])
+    want = gamma * (x - layer.running_mean) / np.sqrt(layer.running_var + layer.eps) + beta
+    assert np.max(np.abs(layer.forward(x) - want)) < 1e-12
+
+
+def test_batch_renorm_with_r_max_1_and_d_max_0_is_torch_batchnorm():
+    rng = np.random.default_rng(22)
+    layer, ref = bnlib.BatchRenorm(3, r_max=1.0, d_max=0.0), torch.nn.BatchNorm1d(3).double()
+    for step in range(5):
+        x, dout = rng.normal(1.0 + step, 2.0, size=(8, 3)), rng.normal(size=(8, 3))
+        xt = torch.tensor(x, requires_grad=True)
+        out_ref = ref(xt)
+        out_ref.backward(torch.tensor(dout))
+        assert np.max(np.abs(layer.forward(x) - out_ref.detach().numpy())) < 1e-12
+        assert np.max(np.abs(layer.backward(dout) - xt.grad.numpy())) < 1e-10
+        assert np.max(np.abs(layer.dgamma - ref.weight.grad.numpy())) < 1e-10
+        ref.zero_grad()
+    assert np.max(np.abs(layer.running_mean - ref.running_mean.numpy())) < 1e-12
+    assert np.max(np.abs(layer.running_var - ref.running_var.numpy())) < 1e-12
+
+
+def test_batch_renorm_keeps_torch_batchnorms_running_statistics_and_eval_mode():
+    rng = np.random.default_rng(23)
+    layer, ref = bnlib.BatchRenorm(4), torch.nn.BatchNorm2d(4).double()
+    for step in range(6):
+        x = rng.normal(2.0, 1.5, size=(3, 4, 2, 2))
+        layer.forward(x)
+        with torch.no_grad():
+            ref(torch.tensor(x))
+    assert np.max(np.abs(layer.running_mean - ref.running_mean.numpy())) < 1e-12
+    assert np.max(np.abs(layer.running_var - ref.running_var.numpy())) < 1e-12
+    x = rng.normal(size=(2, 4, 3, 3))
+    with torch.no_grad():
+        assert np.max(np.abs(layer.eval().forward(x) - ref.eval()(torch.tensor(x)).numpy())) < 1e-12
+
+
+def test_mlp_builds_batch_renorm_layers_by_name():
+    model = bnlib.MLP([6, 4, 3], norm="batch_renorm")
+    assert isinstance(model.norms[0], bnlib.BatchRenorm) and model.linears[0].b is None
+
+
+@pytest.mark.parametrize("r_max, d_max", [(0.5, 1.0), (2.0, -1.0), (True, 1.0), (np.nan, 1.0), ("3", 5)])
+def test_batch_renorm_refuses_bounds_that_clip_nothing_sensible(r_max, d_max):
+    assert "r_max" in error_of(bnlib.BatchRenorm, 4, r_max=r_max, d_max=d_max)
 
 
 # --- bad input: clear ValueErrors -----------------------------------------------------------

@@ -1,5 +1,6 @@
 """bnlib section 6, notebook 01's block: two MNIST features, logistic regression's loss,
-gradient, Hessian and minimum, gradient-descent paths.
+gradient, Hessian, minimum and condition number, gradient-descent paths (one rate or a sweep),
+when a run settles, and a hidden layer's activations (the bridge).
 References: PyTorch (autograd, BCEWithLogits, SGD), finite differences, closed forms."""
 import numpy as np
 import pytest
@@ -152,17 +153,109 @@ def test_gd_path_rejects_a_negative_learning_rate():
         bnlib.gd_path(X, y, np.zeros(2), -0.1, 10)
 
 
-def test_first_step_below_finds_the_first_crossing_or_none():
-    assert bnlib.first_step_below([3.0, 2.0, 0.9, 1.1, 0.5], 1.0) == 2
-    assert bnlib.first_step_below([3.0, 2.0], 1.0) is None
+def test_gd_sweep_takes_the_same_steps_as_torch_sgd_at_every_rate():
+    X, y = two_feature_problem()
+    lrs = [1e-4, 1e-3, 3e-3]
+    paths, losses = bnlib.gd_sweep(X, y, lrs, 6, b=-0.2)
+    assert paths.shape == (3, 7, 2) and losses.shape == (3, 7)
+    for r, lr in enumerate(lrs):
+        w = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.SGD([w], lr=lr)
+        for k in range(7):
+            assert np.allclose(paths[r, k], w.detach().numpy(), rtol=1e-12, atol=1e-15)
+            loss = torch_logreg_loss(w, X, y, -0.2)
+            assert losses[r, k] == pytest.approx(loss.item(), rel=1e-12)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
 
 
-def test_largest_stable_lr_sits_just_below_two_over_lambda_max():
-    # labels independent of the features: the loss stays near its quadratic at w = 0,
-    # whose Hessian is X^T X / (4 N), so GD is stable exactly for lr < 2 / lambda_max.
+def test_gd_sweep_losses_stay_finite_for_huge_logits():
+    X, y = two_feature_problem()
+    _, losses = bnlib.gd_sweep(X * 1e3, y, [10.0], 3)
+    assert np.all(np.isfinite(losses))
+
+
+def test_gd_path_refuses_several_learning_rates():
+    X, y = two_feature_problem()
+    with pytest.raises(ValueError, match="gd_sweep"):
+        bnlib.gd_path(X, y, np.zeros(2), [0.1, 0.2], 10)
+
+
+def test_steps_to_settle_ignores_a_visit_that_bounces_out_again():
+    assert bnlib.steps_to_settle([3.0, 0.9, 1.1, 0.95, 0.5], 1.0) == 3
+    assert bnlib.steps_to_settle([0.5, 0.4], 1.0) == 0
+    assert bnlib.steps_to_settle([3.0, 0.9, 1.1], 1.0) is None
+    assert bnlib.steps_to_settle([3.0, 0.9, np.nan], 1.0) is None
+
+
+def test_gd_settles_below_two_over_lambda_max_at_the_minimum_and_not_above():
+    # labels independent of the features: the minimum sits near w = 0, where the Hessian is
+    # close to X^T X / (4 N); gradient descent on a quadratic settles iff lr < 2 / lambda_max.
     rng = np.random.default_rng(3)
     X = rng.normal(0, 1, (400, 2)) * [3.0, 0.5]
     y = (rng.random(400) < 0.5).astype(np.float64)
-    lam_max = np.linalg.eigvalsh(X.T @ X / (4 * len(y)))[-1]
-    lrs = 2 / lam_max * np.array([0.3, 0.9, 1.3, 2.0])
-    assert bnlib.largest_stable_lr(X, y, lrs, steps=100) == pytest.approx(lrs[1])
+    w_star, b_star = bnlib.fit_logreg(X, y)
+    H = torch.autograd.functional.hessian(lambda v: torch_logreg_loss(v, X, y, b_star),
+                                          torch.tensor(w_star)).numpy()
+    lam_max = np.linalg.eigvalsh(H)[-1]
+    threshold = torch_logreg_loss(torch.tensor(w_star), X, y, b_star).item() + 1e-6
+    _, losses = bnlib.gd_sweep(X, y, 2 / lam_max * np.array([0.5, 0.9, 1.1, 1.5]), 1000, b=b_star)
+    settled = [bnlib.steps_to_settle(run, threshold) for run in losses]
+    assert settled[0] is not None and settled[1] is not None
+    assert settled[2] is None and settled[3] is None
+
+
+# --- the bridge: a hidden layer's inputs ----------------------------------------
+
+def torch_newton_minimum(A, y, steps=20):
+    """The minimum of the mean logistic loss of A @ theta (A has a column of ones), by Newton's
+    method with PyTorch autograd's gradient and Hessian."""
+    loss = lambda th: torch_logreg_loss(th, A, y, 0.0)
+    theta = torch.zeros(A.shape[1], dtype=torch.float64)
+    for _ in range(steps):
+        g = torch.autograd.functional.jacobian(loss, theta)
+        theta = theta - torch.linalg.solve(torch.autograd.functional.hessian(loss, theta), g)
+    return theta
+
+
+def test_logreg_condition_number_matches_cond_of_torch_hessian_at_the_minimum():
+    X, y = two_feature_problem()
+    A = np.hstack([X, np.ones((len(X), 1))])
+    theta = torch_newton_minimum(A, y)
+    H = torch.autograd.functional.hessian(lambda th: torch_logreg_loss(th, A, y, 0.0), theta)
+    want = np.linalg.cond(H.numpy())
+    assert bnlib.logreg_condition_number(X, y) == pytest.approx(want, rel=1e-8)
+    assert want > 1e3                          # features with large means: stretched with the bias
+
+
+def test_logreg_condition_number_of_standardized_features_is_small():
+    X, y = two_feature_problem()
+    assert bnlib.logreg_condition_number((X - X.mean(0)) / X.std(0), y) < 10
+
+
+def test_logreg_condition_number_refuses_a_constant_feature():
+    X, y = two_feature_problem()
+    X[:, 1] = 1.0                              # the same as the bias column
+    with pytest.raises(ValueError, match="singular"):
+        bnlib.logreg_condition_number(X, y)
+
+
+def test_last_hidden_layer_matches_torch_linear_and_sigmoid():
+    net = bnlib.MLP([5, 4, 3, 1], activation="sigmoid", seed=2, dtype=np.float64)
+    x = np.random.default_rng(0).normal(size=(6, 5))
+    h = torch.tensor(x)
+    for lin in net.linears[:-1]:
+        layer = torch.nn.Linear(*lin.W.shape).double()
+        with torch.no_grad():
+            layer.weight.copy_(torch.from_numpy(lin.W.T))
+            layer.bias.copy_(torch.from_numpy(lin.b))
+        h = torch.sigmoid(layer(h))
+    got = bnlib.last_hidden_layer(net, x)
+    assert got.shape == (6, 3)
+    assert np.allclose(got, h.detach().numpy(), rtol=1e-12, atol=1e-15)
+
+
+def test_last_hidden_layer_refuses_a_model_without_hidden_layers():
+    with pytest.raises(TypeError, match="hidden layer"):
+        bnlib.last_hidden_layer(bnlib.MLP([5, 1], activation="sigmoid"), np.zeros((2, 5)))

@@ -49,6 +49,16 @@ def update_running_stats(running_mean, running_var, x, momentum):
             (1 - momentum) * running_var + momentum * x.var(axis=0) * n / (n - 1))
 
 
+def keras_running_var(torch_running_var, m, steps, keras_momentum):
+    start = keras_momentum ** steps                  # the initial 1's share, the same in both
+    return start + (torch_running_var - start) * (m - 1) / m
+
+
+def digits_in_running_average(momentum, batch_size):
+    weights = momentum * (1 - momentum) ** np.arange(200_000)     # the sum, far past the tail
+    return batch_size / np.sum(weights ** 2)
+
+
 def batchnorm_nhwc(x, gamma, beta, eps=1e-5):
     mu, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
     return gamma * (x - mu) / np.sqrt(var + eps) + beta
@@ -93,6 +103,9 @@ CHECKS = {
     "batchnorm_forward": (bnlib.check_batchnorm_forward, bnlib.BATCHNORM_FORWARD, batchnorm_forward),
     "batchnorm_backward": (bnlib.check_batchnorm_backward, bnlib.BATCHNORM_BACKWARD, batchnorm_backward),
     "update_running_stats": (bnlib.check_running_stats_update, bnlib.RUNNING_STATS_UPDATE, update_running_stats),
+    "keras_running_var": (bnlib.check_keras_running_var, bnlib.KERAS_RUNNING_VAR, keras_running_var),
+    "digits_in_running_average": (bnlib.check_digits_in_running_average, bnlib.RUNNING_AVERAGE_DIGITS,
+                                  digits_in_running_average),
     "batchnorm_nhwc": (bnlib.check_batchnorm_nhwc, bnlib.BATCHNORM_NHWC, batchnorm_nhwc),
     "spatial_batchnorm_backward": (bnlib.check_spatial_batchnorm_backward, bnlib.SPATIAL_BATCHNORM_BACKWARD,
                                    spatial_batchnorm_backward),
@@ -256,6 +269,19 @@ MISTAKES = {
                            (_backward_no_mean_path, "through the mean"), (_backward_no_gamma, "factor gamma")],
     "update_running_stats": [(_keras_both, "OLD value"), (_biased_running_var, "biased batch variance"),
                              (_std_running_var, "standard deviation"), (_keras_variance_only, "OLD variance")],
+    "keras_running_var": [
+        (lambda rv, m, steps, k: rv * (m - 1) / m, "whole running value"),
+        (lambda rv, m, steps, k: rv * m / (m - 1) - k ** steps / (m - 1), "wrong way"),
+        (lambda rv, m, steps, k: (1 - k) ** steps + (rv - (1 - k) ** steps) * (m - 1) / m, "not (1 - keras_momentum)"),
+        (lambda rv, m, steps, k: rv, "unchanged")],
+    "digits_in_running_average": [
+        (lambda momentum, batch_size: batch_size / momentum, "horizon"),
+        (lambda momentum, batch_size: 1 / np.sum((momentum * (1 - momentum) ** np.arange(200_000)) ** 2),
+         "batches, not digits"),
+        (lambda momentum, batch_size: batch_size / np.sum(((1 - momentum) * momentum ** np.arange(200_000)) ** 2),
+         "Keras's convention"),
+        (lambda momentum, batch_size: batch_size / np.sum(momentum * (1 - momentum) ** np.arange(200_000)),
+         "SQUARED")],
     "batchnorm_nhwc": [(_nhwc_unbiased, "unbiased"), (_nhwc_as_if_nchw, "axes (0, 2, 3)")],
     "spatial_batchnorm_backward": [(_spatial_reshape_only, "reshape alone")],
     "x_hat_of_example": [(_x_hat_without_example, "without the example itself"),
@@ -383,7 +409,15 @@ ANSWERS = {
                        ["ValueError", "the learner's own message", "raise ValueError(\"the learner's own message\")"]),
 }
 
-PARAMS = [(title, kind) for title in CHECKS for kind in ANSWERS] + \
+def takes_an_array(title):
+    """Whether the learner's function gets an array it could change in place (some take numbers only)."""
+    data = CHECKS[title][1]
+    return any(isinstance(a, np.ndarray) and name not in data.may_change
+               for case in data.cases() for name, a in zip(data.args, case))
+
+
+PARAMS = [(title, kind) for title in CHECKS for kind in ANSWERS
+          if kind != "changed input" or takes_an_array(title)] + \
          [(title, f"mistake: {words}") for title, mistakes in MISTAKES.items() for _, words in mistakes]
 
 
@@ -557,3 +591,18 @@ def test_a_float32_answer_wrong_beyond_float32_precision_is_not_called_right(tit
     ok, out = run(title, fn, capsys)
     assert not ok and "precision" not in out and ("off by" in out or "you got" in out or
                                                   any(hint in out for hint in data.mistakes)), out
+
+
+def test_keras_running_var_reference_matches_torch_and_the_keras_recursion():
+    """The closed form behind check_keras_running_var, on real batches: PyTorch's BatchNorm1d with
+    momentum 1 - k against Keras's recursion with the biased variance, written here in numpy."""
+    rng = np.random.default_rng(5)
+    k, m, steps = 0.9, 5, 12
+    bn = torch.nn.BatchNorm1d(3, momentum=1 - k, dtype=torch.float64)
+    keras = np.ones(3)
+    for _ in range(steps):
+        x = rng.normal(2.0, 3.0, size=(m, 3))
+        bn(torch.from_numpy(x))
+        keras = k * keras + (1 - k) * x.var(axis=0)
+    got = bnlib.KERAS_RUNNING_VAR.reference(bn.running_var.numpy(), m, steps, k)
+    np.testing.assert_allclose(got, keras, rtol=1e-12)

@@ -199,9 +199,10 @@ def test_bnlib_imports_from_notebooks_without_install(course_without_pip):
     notebooks/ (where the kernels run) finds the repository's bnlib.py."""
     course, rc, out = course_without_pip
     assert rc == 0, out
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}   # the .pth alone
     found = subprocess.run([str(course / ".venv" / "bin" / "python"), "-c",
                             "import bnlib; print(bnlib.__file__)"], cwd=course / "notebooks",
-                           capture_output=True, text=True, timeout=30)
+                           capture_output=True, text=True, timeout=30, env=env)
     assert found.returncode == 0, found.stderr
     assert Path(found.stdout.strip()) == course / "bnlib.py"
 

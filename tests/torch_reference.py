@@ -31,6 +31,21 @@ def torch_batchnorm(x, gamma, beta, dout, eps=1e-5):
                        x, gamma, beta, dout)
 
 
+def torch_batch_renorm(x, gamma, beta, dout, running_mean, running_var, r_max, d_max, eps=1e-5):
+    """(out, dx, dgamma, dbeta) of Batch Renormalization's training step (Ioffe 2017, arXiv
+    1702.03275, Algorithm 1) written in torch ops, r and d detached (the paper's stop_gradient);
+    x (N, C) or (N, C, H, W), the running statistics (C,) from before the step."""
+    def renorm(a, g, b):
+        dims, shape = [0] + list(range(2, a.dim())), [1, -1] + [1] * (a.dim() - 2)
+        mu_b = a.mean(dims, keepdim=True)
+        std_b = torch.sqrt(a.var(dims, unbiased=False, keepdim=True) + eps)
+        std = torch.sqrt(torch.tensor(running_var).view(shape) + eps)
+        r = (std_b / std).clamp(1 / r_max, r_max).detach()
+        d = ((mu_b - torch.tensor(running_mean).view(shape)) / std).clamp(-d_max, d_max).detach()
+        return g.view(shape) * ((a - mu_b) / std_b * r + d) + b.view(shape)
+    return torch_grads(renorm, x, gamma, beta, dout)
+
+
 def torch_running_stats_per_step(batches, momentum):
     """running_mean and running_var of torch.nn.BatchNorm1d after each training step."""
     bn = torch.nn.BatchNorm1d(batches.shape[2], momentum=momentum, dtype=torch.float64)
