@@ -87,7 +87,7 @@ hash_of() {
 
 # 3. The packages, if requirements.txt changed since the last install that succeeded.
 pip_upgraded=no
-# pip_install FILE STAMP: pip install -r FILE into .venv unless FILE's hash is in STAMP.
+# pip_install FILE STAMP [NOTE]: pip install -r FILE into .venv unless FILE's hash is in STAMP.
 pip_install() {
   want=$(hash_of "$1")
   have=$(cat "$2" 2>/dev/null || true)
@@ -95,7 +95,7 @@ pip_install() {
     say "$1 unchanged since the last install: nothing to install"
     return 0
   fi
-  say "installing $1 into .venv (the first time takes a few minutes: PyTorch is large)"
+  say "installing $1 into .venv${3:-}"
   if [ "$pip_upgraded" = no ]; then
     .venv/bin/python -m pip install -q --upgrade pip || say "could not upgrade pip: going on with the one in .venv"
     pip_upgraded=yes
@@ -106,7 +106,7 @@ pip_install() {
   printf '%s\n' "$want" > "$2"
   say "installed $1"
 }
-pip_install requirements.txt "$stamp"
+pip_install requirements.txt "$stamp" " (the first time takes a few minutes: PyTorch is large)"
 [ "$hub" = yes ] || exit 0
 
 # 4. The hub: JupyterHub into .venv, its proxy from npm into tools/hub/node_modules/.
