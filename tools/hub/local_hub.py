@@ -13,7 +13,9 @@ student's server and so every kernel. Its state, builds and homes go into workdi
 
 On exit the hub gets SIGTERM, as an admin stops it: it stops every server and the proxy. Any
 process still carrying the marker 15 s later is listed in hub.leftovers and its process group
-killed (SIGTERM, then SIGKILL); if anything survives even that, exiting raises.
+killed (SIGTERM, then SIGKILL); if anything survives even that, exiting raises. If the process
+that started the hub dies without exiting cleanly (even SIGKILL), the hub gets SIGTERM (Linux's
+parent-death signal) and stops the rest itself.
 """
 import json
 import os
@@ -35,6 +37,16 @@ PROXY = HERE / "node_modules" / ".bin" / "configurable-http-proxy"
 INSTALL_HINT = "bash tools/setup.sh --hub (.ci/run does)"
 START_TIMEOUT = 180     # s: the hub builds the student edition first; a busy 2-core machine is slow
 STOP_TIMEOUT = 90       # s: the hub stops every server (SIGINT, SIGTERM after 10 s) and the proxy
+
+
+def _die_with_parent():
+    """In the hub's process (Linux): SIGTERM when the process that started it dies, even by
+    SIGKILL, so a killed test run still stops the hub, which stops its servers and proxy."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def missing():
@@ -161,7 +173,7 @@ class LocalHub:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "jupyterhub", "-f", str(self._config(ports))],
                 cwd=self.workdir, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True)
+                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
         try:
             deadline = time.monotonic() + START_TIMEOUT
             while True:
