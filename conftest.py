@@ -5,7 +5,8 @@
 2. Mark the slow families, so contributors have a fast loop:
        .venv/bin/python -m pytest -m "not notebooks and not browser"
    `notebooks`: every notebook executed (strict nbval, and the student edition's run);
-   `browser`: JupyterLab in Chromium.
+   `browser`: JupyterLab in Chromium (tests/test_browser.py, and tests/test_hub.py, which is also
+   `hub`: a JupyterHub with several students at once; `pytest -m hub` runs it alone).
 """
 import importlib.util
 from pathlib import Path
@@ -26,3 +27,6 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.notebooks)
         elif path.name == "test_browser.py":
             item.add_marker(pytest.mark.browser)
+        elif path.name == "test_hub.py":
+            item.add_marker(pytest.mark.browser)
+            item.add_marker(pytest.mark.hub)

@@ -337,7 +337,8 @@ def test_shellcheck():
         if os.environ.get("CI"):
             pytest.fail("shellcheck is missing; .ci/run installs it (apt-get install shellcheck)")
         pytest.skip("shellcheck is not installed: apt-get install shellcheck (.ci/run does)")
-    for cmd in (["shellcheck", "tools/start.sh", "tools/setup.sh", ".ci/run", "postBuild"],
+    for cmd in (["shellcheck", "tools/start.sh", "tools/setup.sh", ".ci/run", "binder/postBuild",
+                 "binder/start"],
                 ["shellcheck", "--shell=sh", "tools/start.sh", "tools/setup.sh"]):
         rc, out = _run(cmd, ROOT, dict(os.environ), timeout=60)
         assert rc == 0, f"{' '.join(cmd)}:\n{out}"

@@ -6,6 +6,11 @@
 #     Nothing is built, so this needs no package index.
 #  3. pip install -r requirements.txt, only when that file changed since the last install that
 #     succeeded (its hash is kept in .venv/). So a second run downloads nothing and works offline.
+#  4. With --hub (.ci/run, and a one-machine JupyterHub: tools/hub/jupyterhub_config.py): the same
+#     for tools/hub/requirements.txt (JupyterHub, kept out of requirements.txt because a hub's
+#     users' environment must keep the jupyterhub its hub runs), and configurable-http-proxy from
+#     npm into tools/hub/node_modules/ (npm ci from tools/hub/package-lock.json), each only when
+#     its file changed since its last install that succeeded.
 # Plain POSIX sh (no arrays, no [[ ]], no pipes): macOS's bash 3.2 and dash run it as written.
 # Choose the Python with PYTHON=/path/to/python3.12 bash tools/setup.sh (default: python3).
 set -eu
@@ -13,6 +18,13 @@ cd "$(dirname "$0")/.."
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
+
+hub=no
+case "${1:-}" in
+  --hub) hub=yes ;;
+  "") ;;
+  *) die "unknown argument '$1' (the only option is --hub)" ;;
+esac
 
 py=${PYTHON:-python3}
 stamp=.venv/.course-requirements.sha256
@@ -68,17 +80,51 @@ site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purel
 printf '%s\n' "$PWD" > "$site/course-repo.pth.$$"
 mv -f "$site/course-repo.pth.$$" "$site/course-repo.pth"
 
+# Prints the sha256 of file $1 (the .venv's Python computes it: no sha256sum on macOS).
+hash_of() {
+  .venv/bin/python -c 'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' "$1"
+}
+
 # 3. The packages, if requirements.txt changed since the last install that succeeded.
-want=$(.venv/bin/python -c 'import hashlib; print(hashlib.sha256(open("requirements.txt", "rb").read()).hexdigest())')
-have=$(cat "$stamp" 2>/dev/null || true)
-if [ "$want" = "$have" ]; then
-  say "requirements.txt unchanged since the last install: nothing to install"
+pip_upgraded=no
+# pip_install FILE STAMP [NOTE]: pip install -r FILE into .venv unless FILE's hash is in STAMP.
+pip_install() {
+  want=$(hash_of "$1")
+  have=$(cat "$2" 2>/dev/null || true)
+  if [ "$want" = "$have" ]; then
+    say "$1 unchanged since the last install: nothing to install"
+    return 0
+  fi
+  say "installing $1 into .venv${3:-}"
+  if [ "$pip_upgraded" = no ]; then
+    .venv/bin/python -m pip install -q --upgrade pip || say "could not upgrade pip: going on with the one in .venv"
+    pip_upgraded=yes
+  fi
+  if ! .venv/bin/python -m pip install -q -r "$1"; then
+    die "pip install -r $1 failed (see above; no network?). The next run tries again."
+  fi
+  printf '%s\n' "$want" > "$2"
+  say "installed $1"
+}
+pip_install requirements.txt "$stamp" " (the first time takes a few minutes: PyTorch is large)"
+[ "$hub" = yes ] || exit 0
+
+# 4. The hub: JupyterHub into .venv, its proxy from npm into tools/hub/node_modules/.
+pip_install tools/hub/requirements.txt .venv/.course-hub-requirements.sha256
+command -v npm >/dev/null 2>&1 ||
+  die "npm is missing: the hub's proxy (configurable-http-proxy) needs Node.js 20 or newer and npm (Debian: apt-get install nodejs npm)"
+proxy=tools/hub/node_modules/.bin/configurable-http-proxy
+proxy_stamp=tools/hub/node_modules/.course-package-lock.sha256
+want=$(hash_of tools/hub/package-lock.json)
+have=$(cat "$proxy_stamp" 2>/dev/null || true)
+if [ -x "$proxy" ] && [ "$want" = "$have" ]; then
+  say "tools/hub/package-lock.json unchanged since the last install: nothing to install"
   exit 0
 fi
-say "installing requirements.txt into .venv (the first time takes a few minutes: PyTorch is large)"
-.venv/bin/python -m pip install -q --upgrade pip || say "could not upgrade pip: going on with the one in .venv"
-if ! .venv/bin/python -m pip install -q -r requirements.txt; then
-  die "pip install -r requirements.txt failed (see above; no network?). The next run tries again."
+say "installing configurable-http-proxy (npm ci in tools/hub/)"
+if ! npm ci --prefix tools/hub --no-audit --no-fund --loglevel=error; then
+  die "npm ci in tools/hub/ failed (see above; no network?). The next run tries again."
 fi
-printf '%s\n' "$want" > "$stamp"
-say "installed"
+[ -x "$proxy" ] || die "npm ci did not install $proxy"
+printf '%s\n' "$want" > "$proxy_stamp"
+say "installed configurable-http-proxy"
