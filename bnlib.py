@@ -95,6 +95,15 @@ bnlib itself uses):
     freeze_batchnorm2d                6   08
     dropout_bn_mlp                    6   08
     variance_shift                    6   08
+    per_device_batchnorm              6   -
+    SyncedBatchNormWorkers            6   -
+    synced_batchnorm                  6   -
+    bn_mlp                            6   -
+    convert_ghost_batchnorm           6   -
+    batch_gradients                   6   -
+    train_accumulated                 6   -
+    shift_digits                      6   -
+    adapt_batchnorm                   6   -
     METHOD_COLORS                     7   -
     BN_COLOR                          7   01
     PLAIN_COLOR                       7   01
@@ -133,8 +142,10 @@ bnlib itself uses):
 """
 import contextlib
 import hashlib
+import sys
 import sysconfig
 import traceback
+import weakref
 from collections import namedtuple
 from pathlib import Path
 
@@ -1752,6 +1763,596 @@ def variance_shift(model, X):
     finally:
         hook.remove()
     return bns[-1].running_var.double().numpy() / seen["x"].double().var(dim=0).numpy()
+
+
+# --- Notebook 09: batch statistics across devices and datasets ---------------------------------
+# Data parallelism splits every batch into world_size contiguous shards, one a device. Without
+# synchronization each device normalizes its own shard (per_device_batchnorm); with it, real
+# worker processes all-reduce their statistics over torch.distributed, gloo on 127.0.0.1
+# (SyncedBatchNormWorkers, synced_batchnorm). Then the torch tools of the experiments: ghost
+# batches, gradient accumulation, and re-estimating BN's statistics on shifted data (AdaBN).
+
+def _shard_bounds(n, world_size):
+    """[(start, stop)] of world_size contiguous shards of n examples, as equal as possible: the
+    first n % world_size shards hold one example more (np.array_split's sizes)."""
+    sizes = [len(part) for part in np.array_split(np.arange(n), world_size)]
+    stops = np.cumsum(sizes)
+    return [(int(stop - size), int(stop)) for size, stop in zip(sizes, stops)]
+
+
+def _check_world_size(world_size, n, caller):
+    if isinstance(world_size, (bool, np.bool_)) or not isinstance(world_size, (int, np.integer)):
+        raise TypeError(f"{caller}: world_size must be a whole number of devices (worker processes), "
+                        f"got {world_size!r} ({type(world_size).__name__}).")
+    if world_size < 1 or (n is not None and world_size > n):
+        bound = f" and at most the batch's {n} examples (every device needs one)" if n is not None else ""
+        raise ValueError(f"{caller}: world_size must be at least 1{bound}; got {world_size}.")
+    return int(world_size)
+
+
+def _sharded_bn_inputs(x, gamma, beta, dout, eps, caller):
+    """Checked (x, gamma, beta, dout) for the sharded BN functions: x (N, D) or (N, C, H, W) of
+    a float dtype, gamma and beta (C,), dout of x's shape; all finite."""
+    x, _, _, gamma, beta = _bn_inputs(x, gamma, beta, eps, caller)
+    dout = _as_float_array(dout, caller, "dout").astype(x.dtype)
+    if dout.shape != x.shape:
+        raise ValueError(f"{caller}: dout must have x's shape {x.shape} (the gradient arriving at "
+                         f"BN's output), got {dout.shape}.")
+    _check_finite(dout, caller, "dout")
+    return x, gamma.ravel(), beta.ravel(), dout
+
+
+def per_device_batchnorm(x, gamma, beta, dout, world_size, eps=1e-5):
+    """BN as data parallelism WITHOUT synchronization computes it: each device its own shard.
+
+    x (N, D) or (N, C, H, W) is split along N into world_size contiguous shards (as equal as
+    possible, np.array_split's sizes); each shard is normalized with its OWN mean and variance
+    (bnlib.batchnorm_forward on the shard), and dout's shard goes back through that shard's
+    graph (bnlib.batchnorm_backward). gamma and beta are shared, so their gradients add up
+    over the devices (the all-reduce of the parameter gradients):
+        dgamma = sum_k dgamma_k,  dbeta = sum_k dbeta_k
+    This is also ghost batch normalization (Hoffer et al. 2017, arXiv 1705.08741) with ghost
+    batches of N / world_size, and what gradient accumulation over world_size micro-batches
+    computes. world_size=1 is plain BN. Returns (out, dx, dgamma, dbeta): out and dx in x's
+    shape and order, dgamma and dbeta (C,).
+    """
+    caller = "per_device_batchnorm"
+    x, gamma, beta, dout = _sharded_bn_inputs(x, gamma, beta, dout, eps, caller)
+    world_size = _check_world_size(world_size, len(x), caller)
+    values_per_example = x.size // (x.shape[0] * x.shape[1])
+    smallest = len(x) // world_size
+    if smallest * values_per_example < 2:
+        raise ValueError(f"{caller}: with {len(x)} examples on {world_size} devices a shard holds "
+                         f"{smallest} example(s), 1 value per channel: its variance is 0. Use at most "
+                         f"{len(x) // 2} devices, or synced_batchnorm (global statistics).")
+    outs, dxs, dgamma, dbeta = [], [], 0.0, 0.0
+    for start, stop in _shard_bounds(len(x), world_size):
+        out_k, cache = batchnorm_forward(x[start:stop], gamma, beta, eps)
+        dx_k, dgamma_k, dbeta_k = batchnorm_backward(dout[start:stop], cache)
+        outs.append(out_k)
+        dxs.append(dx_k)
+        dgamma, dbeta = dgamma + dgamma_k, dbeta + dbeta_k
+    return np.concatenate(outs), np.concatenate(dxs), dgamma, dbeta
+
+
+def _synced_bn_shard(dist, torch, x, gamma, beta, dout, eps):
+    """What one worker computes for its shard x: synchronized BN, two all-reduces.
+
+    Forward: the per-channel (count, sum, sum of squares) of every shard, added up over the
+    workers, give the global statistics (m values a channel in all):
+        mu = sum(x) / m,  var = sum(x^2) / m - mu^2,  x_hat = (x - mu) / sqrt(var + eps)
+    Backward: the two sums the compact backward needs, added up the same way:
+        dbeta = sum(dout),  dgamma = sum(dout * x_hat),
+        dx = gamma * invstd / m * (m * dout - dbeta - x_hat * dgamma)
+    The sums are taken in float64 whatever x's dtype. (sum(x^2) / m - mu^2 loses digits when
+    |mu| >> std; torch's SyncBatchNorm gathers each shard's mean and variance instead.)
+    """
+    def all_reduce(values):                        # every worker gets the sum over all workers
+        t = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64))
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t.numpy()
+
+    xv, axes, pshape = _channel_view(x.astype(np.float64), "synced_batchnorm")
+    c = x.shape[1]
+    count = np.full(1, xv.size // c, dtype=np.float64)
+    stats = all_reduce(np.concatenate([count, xv.sum(axis=axes), np.square(xv).sum(axis=axes)]))
+    m, mu = stats[0], stats[1:c + 1] / stats[0]
+    var = np.maximum(stats[c + 1:] / m - mu ** 2, 0.0)
+    invstd = 1.0 / np.sqrt(var + eps)
+    x_hat = (xv - mu.reshape(pshape)) * invstd.reshape(pshape)
+    g, b = gamma.astype(np.float64).reshape(pshape), beta.astype(np.float64).reshape(pshape)
+    out = g * x_hat + b
+    dv = dout.astype(np.float64).reshape(xv.shape)
+    sums = all_reduce(np.concatenate([dv.sum(axis=axes), np.sum(dv * x_hat, axis=axes)]))
+    dbeta, dgamma = sums[:c], sums[c:]
+    dx = g * invstd.reshape(pshape) / m * (m * dv - dbeta.reshape(pshape) - x_hat * dgamma.reshape(pshape))
+    return tuple(a.astype(x.dtype) for a in (out.reshape(x.shape), dx.reshape(x.shape), dgamma, dbeta))
+
+
+def _torch_syncbn_shard(dist, torch, x):
+    """torch.nn.SyncBatchNorm on a worker's CPU shard, inside a real process group: its error."""
+    bn = torch.nn.SyncBatchNorm(x.shape[1]).double().train()
+    try:
+        bn(torch.from_numpy(np.asarray(x, dtype=np.float64)))
+    except (ValueError, RuntimeError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "torch.nn.SyncBatchNorm ran on CPU tensors"
+
+
+def _fault(dist, torch, kind):
+    """For the tests: a worker that fails ("raise") or never answers ("hang")."""
+    if kind == "hang":
+        import time
+        time.sleep(3600)
+    raise RuntimeError("a fault injected by the test")
+
+
+_WORKER_TASKS = {"batchnorm": _synced_bn_shard, "torch_syncbn": _torch_syncbn_shard, "fault": _fault}
+
+
+def _loopback_interface():
+    """The loopback network interface's name ("lo" on Linux, "lo0" on macOS), or None."""
+    import socket
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except (OSError, AttributeError):
+        return None
+    return next((name for name in names if name.startswith("lo")), None)
+
+
+def _synced_batchnorm_worker(rank, world_size, port, inbox, outbox, timeout):
+    """One worker process: join the gloo group on 127.0.0.1:port, then run the tasks that arrive
+    in inbox until None arrives, answering each in outbox as (kind, rank, result). Module-level,
+    so that spawn can import it by name in the new process (it pickles from a notebook)."""
+    import datetime
+    import os
+    dist = None
+    try:
+        import torch
+        import torch.distributed as dist
+        torch.set_num_threads(1)
+        loopback = _loopback_interface()
+        if loopback:
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback)   # gloo talks over 127.0.0.1 only
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                world_size=world_size, timeout=datetime.timedelta(seconds=timeout))
+        outbox.put(("ready", rank, None))
+        while (task := inbox.get()) is not None:
+            kind, args = task
+            outbox.put(("done", rank, _WORKER_TASKS[kind](dist, torch, *args)))
+    except BaseException:
+        outbox.put(("failed", rank, traceback.format_exc()))
+    finally:
+        if dist is not None and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on right now (the OS picks it)."""
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop_workers(processes, inboxes, grace=5.0):
+    """Ask every live worker to leave (None in its inbox), wait up to grace seconds, then
+    terminate and finally kill whatever is still running. Safe to call twice."""
+    for p, inbox in zip(processes, inboxes):
+        if p.is_alive():
+            with contextlib.suppress(Exception):
+                inbox.put(None)
+    for p in processes:
+        p.join(grace)
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+            p.join(grace)
+        if p.is_alive():
+            p.kill()
+            p.join()
+    for q in inboxes:
+        q.close()
+        q.join_thread()
+
+
+class SyncedBatchNormWorkers:
+    """world_size real worker processes that compute synchronized BN together, started once.
+
+        with bnlib.SyncedBatchNormWorkers(4) as workers:       # 4 processes, one gloo group
+            out, dx, dgamma, dbeta = workers(x, gamma, beta, dout)
+            ...                                                 # as many calls as you like
+
+    Each worker is a process started by torch.multiprocessing with the spawn method (a fresh
+    Python that imports bnlib and torch: about a second or more each, once), and joins a
+    torch.distributed process group with the gloo backend, over TCP on 127.0.0.1, on a free
+    port. A call splits x along N into world_size contiguous shards (as equal as possible),
+    sends shard k to worker k, and each worker runs the synchronized BN of _synced_bn_shard:
+    one all-reduce of the (count, sum, sum of squares) per channel forward, one of
+    (sum(dout), sum(dout * x_hat)) backward. The results come back in x's order: (out, dx,
+    dgamma, dbeta), equal to BN on the whole batch (bnlib.batchnorm_forward/backward).
+
+    The constructor returns as soon as the processes are started; the first call waits until
+    all have joined the group. A worker that fails or dies, or no answer within `timeout`
+    seconds (for the start, then for each call), raises RuntimeError naming the worker, and
+    stops every worker: the group is then closed. close() (or leaving the `with` block, or
+    the object being garbage-collected) stops them all; no worker outlives it.
+
+    spawn starts each worker by importing the parent's main module again: in a script, put
+    the code that starts workers under `if __name__ == "__main__":`; a script read from
+    stdin (`python - < file.py`) cannot be imported again at all, so it is refused.
+    Attributes: world_size, timeout, processes (the multiprocessing.Process objects), port.
+    """
+
+    def __init__(self, world_size, timeout=120.0):
+        caller = "SyncedBatchNormWorkers"
+        self.world_size = _check_world_size(world_size, None, caller)
+        if isinstance(timeout, (bool, np.bool_)) or not isinstance(timeout, (int, float, np.number)) \
+                or not timeout > 0:
+            raise ValueError(f"{caller}: timeout must be a number of seconds > 0, got {timeout!r}.")
+        main = sys.modules.get("__main__")
+        if getattr(main, "__file__", None) == "<stdin>":
+            raise RuntimeError(f"{caller}: this Python reads its program from stdin (python - < "
+                               "file), and spawn starts each worker by importing the main program "
+                               "again, which stdin cannot give twice. Save it in a file and run "
+                               "`python file.py`, with the code that starts workers under "
+                               "`if __name__ == \"__main__\":`, or run it in a notebook.")
+        import torch.multiprocessing as mp
+        ctx = mp.get_context("spawn")
+        self.timeout, self.port = float(timeout), _free_port()
+        self._outbox = ctx.Queue()
+        self._inboxes = [ctx.Queue() for _ in range(self.world_size)]
+        self.processes = [ctx.Process(target=_synced_batchnorm_worker, daemon=True,
+                                      name=f"bnlib synced BN worker {rank}",
+                                      args=(rank, self.world_size, self.port, self._inboxes[rank],
+                                            self._outbox, self.timeout))
+                          for rank in range(self.world_size)]
+        self._closed, self._ready = False, False
+        self._stop = weakref.finalize(self, _stop_workers, self.processes, self._inboxes)
+        try:
+            for p in self.processes:
+                p.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def close(self):
+        """Stop every worker (they leave the process group and exit; stragglers are killed)."""
+        self._closed = True
+        self._stop()
+        with contextlib.suppress(Exception):
+            self._outbox.close()
+
+    def __repr__(self):
+        state = "closed" if self._closed else ("running" if self._ready else "starting")
+        return f"SyncedBatchNormWorkers(world_size={self.world_size}, port={self.port}, {state})"
+
+    def _collect(self, kind):
+        """One answer from every worker, in rank order; a failure closes the group and raises."""
+        import queue
+        import time
+        deadline, answers = time.monotonic() + self.timeout, {}
+        try:
+            while len(answers) < self.world_size:
+                try:
+                    what, rank, result = self._outbox.get(timeout=0.05)
+                except queue.Empty:
+                    for rank, p in enumerate(self.processes):
+                        if rank not in answers and p.exitcode is not None:
+                            code = p.exitcode
+                            how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+                            raise RuntimeError(
+                                f"SyncedBatchNormWorkers: worker {rank} of {self.world_size} (pid "
+                                f"{p.pid}) died ({how}) while the others waited for its {kind}. "
+                                "Every worker is stopped. (A script must start workers under "
+                                "`if __name__ == \"__main__\":`.)")
+                    if time.monotonic() > deadline:
+                        late = [r for r in range(self.world_size) if r not in answers]
+                        raise RuntimeError(
+                            f"SyncedBatchNormWorkers: no {kind} from worker(s) {late} of "
+                            f"{self.world_size} within timeout={self.timeout:g} s; every worker is "
+                            "stopped. On a busy machine starting the workers can take long: "
+                            "pass a larger timeout.")
+                    continue
+                if what == "failed":
+                    last = result.strip().splitlines()[-1]
+                    raise RuntimeError(f"SyncedBatchNormWorkers: worker {rank} of {self.world_size} "
+                                       f"failed: {last}. Every worker is stopped. Its traceback:\n"
+                                       f"{result}")
+                answers[rank] = result
+        except BaseException:
+            self.close()
+            raise
+        return [answers[rank] for rank in range(self.world_size)]
+
+    def _run(self, kind, per_rank_args):
+        if self._closed:
+            raise RuntimeError("SyncedBatchNormWorkers: these workers are stopped (closed, or one "
+                               "failed); start new ones: bnlib.SyncedBatchNormWorkers(world_size).")
+        if not self._ready:
+            self._collect("start (joining the gloo process group)")
+            self._ready = True
+        for inbox, args in zip(self._inboxes, per_rank_args):
+            inbox.put((kind, args))
+        return self._collect(f"answer to {kind!r}")
+
+    def __call__(self, x, gamma, beta, dout, eps=1e-5):
+        """Synchronized BN of x over the workers: (out, dx, dgamma, dbeta), see the class doc."""
+        caller = "SyncedBatchNormWorkers"
+        x, gamma, beta, dout = _sharded_bn_inputs(x, gamma, beta, dout, eps, caller)
+        if self.world_size > len(x):
+            raise ValueError(f"{caller}: {self.world_size} workers need at least {self.world_size} "
+                             f"examples, one a worker; x has {len(x)}.")
+        bounds = _shard_bounds(len(x), self.world_size)
+        answers = self._run("batchnorm", [(x[a:b], gamma, beta, dout[a:b], eps) for a, b in bounds])
+        out = np.concatenate([a[0] for a in answers])
+        dx = np.concatenate([a[1] for a in answers])
+        return out, dx, answers[0][2], answers[0][3]
+
+    def torch_syncbatchnorm_message(self, x):
+        """What torch.nn.SyncBatchNorm says, inside this real process group, when each worker
+        gives it its CPU shard of x in training mode (it needs GPU tensors). Returns worker 0's
+        message as a string."""
+        x = _as_float_array(x, "torch_syncbatchnorm_message")
+        _channel_view(x, "torch_syncbatchnorm_message")
+        bounds = _shard_bounds(len(x), self.world_size)
+        return self._run("torch_syncbn", [(x[a:b],) for a, b in bounds])[0]
+
+
+def synced_batchnorm(x, gamma, beta, dout, world_size, eps=1e-5, timeout=120.0):
+    """Synchronized BN for real: world_size worker processes, torch.distributed over gloo.
+
+    x (N, D) or (N, C, H, W) is split along N into world_size contiguous shards (as equal as
+    possible: np.array_split's sizes), each worker process normalizes its shard with the
+    statistics of the WHOLE batch, all-reduced over the workers (count, sum and sum of squares
+    forward; sum(dout) and sum(dout * x_hat) backward), and the results are put back in x's
+    order. Returns (out, dx, dgamma, dbeta), equal to BN on the whole batch (forward and every
+    gradient) up to rounding. 1 <= world_size <= N.
+
+    One call starts the workers, uses them once and stops them (in a `finally`: no worker
+    outlives the call, also when one fails, which raises RuntimeError naming it, or when none
+    answers within timeout seconds). Starting takes a second or more a worker: for several
+    calls, start them once with bnlib.SyncedBatchNormWorkers(world_size) (its doc says more,
+    also about scripts and stdin).
+    """
+    caller = "synced_batchnorm"
+    x, gamma, beta, dout = _sharded_bn_inputs(x, gamma, beta, dout, eps, caller)
+    world_size = _check_world_size(world_size, len(x), caller)
+    workers = SyncedBatchNormWorkers(world_size, timeout=timeout)
+    try:
+        return workers(x, gamma, beta, dout, eps)
+    finally:
+        workers.close()
+
+
+# The torch side of notebook 09's experiments (torch imported inside, as in notebook 08's block).
+
+def bn_mlp(width=64, seed=0):
+    """784 -> width -> 10 ReLU network with one BN, as torch.nn.Sequential (float32):
+    Linear(784, width, no bias) -> BatchNorm1d(width) -> ReLU -> Linear(width, 10); weights
+    PyTorch's default init, drawn after torch.manual_seed(seed)."""
+    import torch
+    from torch import nn
+    if isinstance(width, (bool, np.bool_)) or not isinstance(width, (int, np.integer)) or width < 1:
+        raise ValueError(f"bn_mlp: width must be a positive integer, got {width!r}.")
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(784, int(width), bias=False), nn.BatchNorm1d(int(width)), nn.ReLU(),
+                         nn.Linear(int(width), 10))
+
+
+def _ghost_class():
+    """The per-shard BN module; made once, when torch is first needed."""
+    global _GhostBatchNorm
+    if _GhostBatchNorm is None:
+        import torch
+        import torch.nn.functional as F
+
+        class GhostBatchNorm(torch.nn.Module):
+            """A BatchNorm1d/2d that, in training mode, normalizes each of num_shards contiguous
+            shards of the batch with the shard's own statistics (bnlib.convert_ghost_batchnorm)."""
+
+            def __init__(self, bn, num_shards):
+                super().__init__()
+                self.bn, self.num_shards = bn, num_shards
+
+            def forward(self, x):
+                if not self.training or self.num_shards == 1:
+                    return self.bn(x)
+                if len(x) < self.num_shards:
+                    raise ValueError(f"GhostBatchNorm: a batch of {len(x)} cannot be split into "
+                                     f"{self.num_shards} shards of at least one example each.")
+                shards = x.tensor_split(self.num_shards)        # np.array_split's sizes
+                first = self.bn(shards[0])                      # shard 0 updates the running stats
+                rest = [F.batch_norm(s, None, None, self.bn.weight, self.bn.bias, True, 0.0, self.bn.eps)
+                        for s in shards[1:]]
+                return torch.cat([first, *rest])
+
+            def extra_repr(self):
+                return f"num_shards={self.num_shards}"
+        _GhostBatchNorm = GhostBatchNorm
+    return _GhostBatchNorm
+
+
+_GhostBatchNorm = None
+
+
+def convert_ghost_batchnorm(model, num_shards):
+    """Replace every BatchNorm1d/2d in a torch model by a per-shard ("ghost") BN; returns model.
+
+    In training mode the new module splits each batch into num_shards contiguous shards
+    (torch.tensor_split: as equal as possible, np.array_split's sizes) and normalizes each
+    with its own mean and variance: BN as num_shards devices compute it in data-parallel
+    training without synchronization, or Hoffer et al.'s ghost batches (2017, arXiv
+    1705.08741) of batch / num_shards examples. gamma, beta and the running statistics stay
+    the original module's; the running statistics are updated from shard 0 only, as on each
+    device under torch's DistributedDataParallel (by default it copies device 0's buffers to
+    the others before every forward). Eval mode: the original module, unchanged.
+    num_shards=1 changes nothing. The mirror image of torch.nn.SyncBatchNorm's
+    convert_sync_batchnorm; changes model in place (a BN model itself is returned wrapped).
+    """
+    import torch
+    if isinstance(num_shards, (bool, np.bool_)) or not isinstance(num_shards, (int, np.integer)) \
+            or num_shards < 1:
+        raise ValueError(f"convert_ghost_batchnorm: num_shards must be a positive integer (the "
+                         f"number of devices or ghost batches), got {num_shards!r}.")
+    ghost, bn_types = _ghost_class(), (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)
+    if isinstance(model, bn_types):
+        return ghost(model, int(num_shards))
+    for name, child in model.named_children():
+        if isinstance(child, bn_types):
+            model.add_module(name, ghost(child, int(num_shards)))
+        else:
+            convert_ghost_batchnorm(child, num_shards)
+    return model
+
+
+def _check_torch_batch(X, y, caller):
+    X = np.asarray(X)
+    if X.ndim != 2 or len(X) < 2:
+        raise ValueError(f"{caller}: X must be (N, features) with N >= 2, got shape {X.shape}.")
+    if y is not None:
+        _labels(y, len(X), 10, caller)
+    return X
+
+
+def batch_gradients(model, X, y, micro_batches=1):
+    """The gradient gradient accumulation computes for ONE batch (X, y), without a step.
+
+    X (N, 784) is split into micro_batches contiguous parts (np.array_split's sizes); each part
+    goes forward in training mode and backward with its cross-entropy weighted by its share,
+    len(part) / N, and the gradients add up, as in a training loop that accumulates. With
+    micro_batches=1 it is the plain gradient of the mean loss over the batch; with BN, more
+    micro-batches give another gradient, because BN normalizes each part by itself. Every BN
+    module's running statistics take one update per part, as in real accumulation.
+    Returns {parameter name: gradient as a float64 numpy array}.
+    """
+    import torch
+    X = _check_torch_batch(X, y, "batch_gradients")
+    micro_batches = _check_world_size(micro_batches, len(X), "batch_gradients")
+    model.train()
+    model.zero_grad()
+    Xt, yt = torch.as_tensor(X), torch.as_tensor(np.asarray(y))
+    for a, b in _shard_bounds(len(X), micro_batches):
+        loss = torch.nn.functional.cross_entropy(model(Xt[a:b]), yt[a:b]) * ((b - a) / len(X))
+        loss.backward()
+    return {name: p.grad.double().numpy().copy() for name, p in model.named_parameters()
+            if p.grad is not None}
+
+
+def train_accumulated(model, optimizer, X, y, steps, batch_size, micro_batches, seed=0):
+    """bnlib.train_torch with gradient accumulation: the same batches (drawn with replacement by
+    numpy's default_rng(seed)), each split into micro_batches contiguous parts that go forward
+    and backward one after the other (each loss weighted by its share of the batch), then ONE
+    optimizer step. micro_batches=1 is train_torch exactly. Returns the (steps,) training
+    losses, each the mean over its batch."""
+    import torch
+    caller = "train_accumulated"
+    if int(steps) != steps or steps < 1 or int(batch_size) != batch_size or batch_size < 2:
+        raise ValueError(f"{caller}: steps must be an integer >= 1 and batch_size >= 2; got "
+                         f"{steps!r}, {batch_size!r}.")
+    X = _check_torch_batch(X, y, caller)
+    micro_batches = _check_world_size(micro_batches, int(batch_size), caller)
+    rng = np.random.default_rng(seed)
+    Xt, yt = torch.as_tensor(X), torch.as_tensor(np.asarray(y))
+    bounds = _shard_bounds(int(batch_size), micro_batches)
+    losses = []
+    model.train()
+    for _ in range(int(steps)):
+        idx = torch.from_numpy(rng.integers(0, len(X), size=int(batch_size)))
+        optimizer.zero_grad()
+        total = 0.0
+        for a, b in bounds:
+            part = idx[a:b]
+            loss = torch.nn.functional.cross_entropy(model(Xt[part]), yt[part])
+            if micro_batches > 1:
+                loss = loss * ((b - a) / int(batch_size))
+            loss.backward()
+            total += loss.item()
+        optimizer.step()
+        losses.append(total)
+        if not np.isfinite(total):
+            break
+    return np.array(losses)
+
+
+def shift_digits(X, kind, strength, seed=0):
+    """The digits X (N, 784), values in [0, 1], under a distribution shift (notebook 09):
+        "contrast":    x * strength                     (faded ink: strength < 1)
+        "background":  strength + (1 - strength) * x    (a grey page of brightness strength)
+        "noise":       x + strength * n, n ~ N(0, 1) per pixel, from default_rng(seed)
+    Returns float32 (N, 784)."""
+    kinds = ("contrast", "background", "noise")
+    if kind not in kinds:
+        raise ValueError(f"shift_digits: kind must be one of {kinds}, got {kind!r}.")
+    X = _as_float_array(X, "shift_digits", "X").astype(np.float32)
+    if X.ndim != 2:
+        raise ValueError(f"shift_digits: X must be (N, 784), one flattened digit a row; got {X.shape}.")
+    if not (isinstance(strength, (int, float, np.number)) and np.isfinite(strength) and strength >= 0):
+        raise ValueError(f"shift_digits: strength must be a finite number >= 0, got {strength!r}.")
+    s = np.float32(strength)
+    if kind == "contrast":
+        return X * s
+    if kind == "background":
+        return s + (1 - s) * X
+    return X + s * np.random.default_rng(seed).standard_normal(X.shape, dtype=np.float32)
+
+
+def adapt_batchnorm(model, X, batch_size=None, prior=0):
+    """AdaBN (Li et al. 2016, arXiv 1603.04779): re-estimate every BN module's running statistics
+    on X, unlabeled data from the new distribution, without touching any weight.
+
+    Each BatchNorm1d/2d's running statistics are reset, then X goes forward in batches of
+    batch_size (default: all of X at once) with the BN modules in training mode, everything
+    else in eval mode, under torch.no_grad, and momentum=None (PyTorch's cumulative average):
+    running_mean and running_var become the average of the batch statistics over X (the
+    unbiased variance), as torch.optim.swa_utils.update_bn computes them. The layers before a
+    BN normalize with the same batch statistics meanwhile.
+    prior=N > 0 keeps some of the old (training) statistics, as Schneider et al. (2020, arXiv
+    2006.16971) do: with n = len(X),
+        running = N / (N + n) * old + n / (N + n) * estimated      (mean and variance alike)
+    Momenta and every module's mode are given back. Changes model in place; returns it.
+    """
+    import torch
+    caller = "adapt_batchnorm"
+    X = _check_torch_batch(X, None, caller)
+    batch_size = len(X) if batch_size is None else batch_size
+    if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 2:
+        raise ValueError(f"{caller}: batch_size must be an integer >= 2 (a batch of one has no "
+                         f"variance) or None for all of X; got {batch_size!r}.")
+    if not (isinstance(prior, (int, float, np.number)) and np.isfinite(prior) and prior >= 0):
+        raise ValueError(f"{caller}: prior must be a number >= 0 (Schneider et al.'s N), got {prior!r}.")
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        raise ValueError(f"{caller}: the model has no BatchNorm module to adapt.")
+    old = {m: (m.momentum, m.running_mean.clone(), m.running_var.clone()) for m in bns}
+    modes = {m: m.training for m in model.modules()}
+    Xt = torch.as_tensor(X)
+    try:
+        model.eval()
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+        with torch.no_grad():
+            for a in range(0, len(X), int(batch_size)):
+                model(Xt[a:a + int(batch_size)])
+            w = float(prior) / (float(prior) + len(X))
+            for m in bns:
+                m.running_mean.mul_(1 - w).add_(w * old[m][1])
+                m.running_var.mul_(1 - w).add_(w * old[m][2])
+    finally:
+        for m in bns:
+            m.momentum = old[m][0]
+        for m, mode in modes.items():
+            m.train(mode)
+    return model
 
 
 # ==============================================================================================
