@@ -1903,7 +1903,7 @@ def _loopback_interface():
 def _synced_batchnorm_worker(rank, world_size, port, inbox, outbox, timeout):
     """One worker process: join the gloo group on 127.0.0.1:port, then run the tasks that arrive
     in inbox until None arrives, answering each in outbox as (kind, rank, result). Module-level,
-    so that spawn can import it by name in the new process (it pickles from a notebook)."""
+    so that the new process can import it by name (spawn and forkserver pickle it so)."""
     import datetime
     import os
     dist = None
@@ -1963,8 +1963,7 @@ class SyncedBatchNormWorkers:
             out, dx, dgamma, dbeta = workers(x, gamma, beta, dout)
             ...                                                 # as many calls as you like
 
-    Each worker is a process started by torch.multiprocessing with the spawn method (a fresh
-    Python that imports bnlib and torch: about a second or more each, once), and joins a
+    Each worker is a real process started by torch.multiprocessing, and joins a
     torch.distributed process group with the gloo backend, over TCP on 127.0.0.1, on a free
     port. A call splits x along N into world_size contiguous shards (as equal as possible),
     sends shard k to worker k, and each worker runs the synchronized BN of _synced_bn_shard:
@@ -1972,34 +1971,49 @@ class SyncedBatchNormWorkers:
     (sum(dout), sum(dout * x_hat)) backward. The results come back in x's order: (out, dx,
     dgamma, dbeta), equal to BN on the whole batch (bnlib.batchnorm_forward/backward).
 
+    start_method: "spawn" starts each worker as a fresh Python that imports bnlib and torch
+    (a second or more a worker, every time). "forkserver" (the default where it exists, i.e.
+    not on Windows) imports them ONCE, in a server process that multiprocessing starts at
+    the first use and keeps until this Python exits (a helper, like its resource tracker: it
+    holds no process group), and forks every worker from that clean, single-threaded server.
+    Both import the worker function by name, bnlib._synced_batchnorm_worker, which is why it
+    lives here and not in a notebook (a notebook's functions cannot be imported by name).
+
     The constructor returns as soon as the processes are started; the first call waits until
     all have joined the group. A worker that fails or dies, or no answer within `timeout`
     seconds (for the start, then for each call), raises RuntimeError naming the worker, and
     stops every worker: the group is then closed. close() (or leaving the `with` block, or
     the object being garbage-collected) stops them all; no worker outlives it.
 
-    spawn starts each worker by importing the parent's main module again: in a script, put
-    the code that starts workers under `if __name__ == "__main__":`; a script read from
+    Each worker imports the parent's main module again (as `__mp_main__`): in a script, put
+    the code that starts workers under `if __name__ == "__main__":`; a program read from
     stdin (`python - < file.py`) cannot be imported again at all, so it is refused.
-    Attributes: world_size, timeout, processes (the multiprocessing.Process objects), port.
+    Attributes: world_size, timeout, start_method, processes (multiprocessing.Process), port.
     """
 
-    def __init__(self, world_size, timeout=120.0):
+    def __init__(self, world_size, timeout=120.0, start_method=None):
         caller = "SyncedBatchNormWorkers"
         self.world_size = _check_world_size(world_size, None, caller)
-        if isinstance(timeout, (bool, np.bool_)) or not isinstance(timeout, (int, float, np.number)) \
-                or not timeout > 0:
-            raise ValueError(f"{caller}: timeout must be a number of seconds > 0, got {timeout!r}.")
         main = sys.modules.get("__main__")
         if getattr(main, "__file__", None) == "<stdin>":
             raise RuntimeError(f"{caller}: this Python reads its program from stdin (python - < "
-                               "file), and spawn starts each worker by importing the main program "
+                               "file), and each worker starts by importing the main program "
                                "again, which stdin cannot give twice. Save it in a file and run "
                                "`python file.py`, with the code that starts workers under "
                                "`if __name__ == \"__main__\":`, or run it in a notebook.")
         import torch.multiprocessing as mp
-        ctx = mp.get_context("spawn")
-        self.timeout, self.port = float(timeout), _free_port()
+        methods = [m for m in ("forkserver", "spawn") if m in mp.get_all_start_methods()]
+        start_method = methods[0] if start_method is None else start_method
+        if start_method not in methods:
+            raise ValueError(f"{caller}: start_method must be one of {methods} (or None for "
+                             f"{methods[0]!r}), got {start_method!r}.")
+        if isinstance(timeout, (bool, np.bool_)) or not isinstance(timeout, (int, float, np.number)) \
+                or not timeout > 0:
+            raise ValueError(f"{caller}: timeout must be a number of seconds > 0, got {timeout!r}.")
+        ctx = mp.get_context(start_method)
+        if start_method == "forkserver":          # the server imports these once, for every worker
+            ctx.set_forkserver_preload(["bnlib", "torch", "torch.distributed"])
+        self.timeout, self.port, self.start_method = float(timeout), _free_port(), start_method
         self._outbox = ctx.Queue()
         self._inboxes = [ctx.Queue() for _ in range(self.world_size)]
         self.processes = [ctx.Process(target=_synced_batchnorm_worker, daemon=True,
@@ -2022,52 +2036,68 @@ class SyncedBatchNormWorkers:
     def __exit__(self, *exc_info):
         self.close()
 
-    def close(self):
-        """Stop every worker (they leave the process group and exit; stragglers are killed)."""
+    def close(self, grace=5.0):
+        """Stop every worker: each leaves the process group and exits; any still running after
+        grace seconds is terminated (killed if need be)."""
         self._closed = True
-        self._stop()
+        if self._stop.alive:
+            self._stop.detach()
+            _stop_workers(self.processes, self._inboxes, grace)
         with contextlib.suppress(Exception):
             self._outbox.close()
 
     def __repr__(self):
         state = "closed" if self._closed else ("running" if self._ready else "starting")
-        return f"SyncedBatchNormWorkers(world_size={self.world_size}, port={self.port}, {state})"
+        return (f"SyncedBatchNormWorkers(world_size={self.world_size}, {self.start_method}, "
+                f"port={self.port}, {state})")
+
+    def _died(self, rank, kind, then=""):
+        p = self.processes[rank]
+        how = f"killed by signal {-p.exitcode}" if p.exitcode < 0 else f"exit code {p.exitcode}"
+        return RuntimeError(f"SyncedBatchNormWorkers: worker {rank} of {self.world_size} (pid {p.pid}) "
+                            f"died ({how}) while the others waited for its {kind}{then}. Every worker "
+                            "is stopped. (A script must start workers under "
+                            "`if __name__ == \"__main__\":`.)")
 
     def _collect(self, kind):
         """One answer from every worker, in rank order; a failure closes the group and raises."""
         import queue
         import time
-        deadline, answers = time.monotonic() + self.timeout, {}
+        deadline, answers, failed = time.monotonic() + self.timeout, {}, {}
+
+        def crashed():                  # died without saying why (killed, or crashed in C code)
+            return [r for r, p in enumerate(self.processes) if p.exitcode not in (None, 0) and r not in failed]
+
         try:
             while len(answers) < self.world_size:
                 try:
                     what, rank, result = self._outbox.get(timeout=0.05)
                 except queue.Empty:
-                    for rank, p in enumerate(self.processes):
-                        if rank not in answers and p.exitcode is not None:
-                            code = p.exitcode
-                            how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-                            raise RuntimeError(
-                                f"SyncedBatchNormWorkers: worker {rank} of {self.world_size} (pid "
-                                f"{p.pid}) died ({how}) while the others waited for its {kind}. "
-                                "Every worker is stopped. (A script must start workers under "
-                                "`if __name__ == \"__main__\":`.)")
+                    gone = [r for r, p in enumerate(self.processes)
+                            if r not in answers and p.exitcode is not None]
+                    if gone and self._outbox.empty():
+                        raise self._died(gone[0], kind) from None
                     if time.monotonic() > deadline:
                         late = [r for r in range(self.world_size) if r not in answers]
                         raise RuntimeError(
                             f"SyncedBatchNormWorkers: no {kind} from worker(s) {late} of "
                             f"{self.world_size} within timeout={self.timeout:g} s; every worker is "
                             "stopped. On a busy machine starting the workers can take long: "
-                            "pass a larger timeout.")
+                            "pass a larger timeout.") from None
                     continue
-                if what == "failed":
-                    last = result.strip().splitlines()[-1]
-                    raise RuntimeError(f"SyncedBatchNormWorkers: worker {rank} of {self.world_size} "
-                                       f"failed: {last}. Every worker is stopped. Its traceback:\n"
-                                       f"{result}")
-                answers[rank] = result
+                if what != "failed":
+                    answers[rank] = result
+                    continue
+                failed[rank] = result
+                last = result.strip().splitlines()[-1]
+                for _ in range(20):             # a peer that crashed is the cause: name it instead
+                    if crashed():
+                        raise self._died(crashed()[0], kind, then=f" (worker {rank} then failed: {last})")
+                    time.sleep(0.05)
+                raise RuntimeError(f"SyncedBatchNormWorkers: worker {rank} of {self.world_size} "
+                                   f"failed: {last}. Every worker is stopped. Its traceback:\n{result}")
         except BaseException:
-            self.close()
+            self.close(grace=0.5)              # the others may be stuck in a collective
             raise
         return [answers[rank] for rank in range(self.world_size)]
 
@@ -2105,7 +2135,7 @@ class SyncedBatchNormWorkers:
         return self._run("torch_syncbn", [(x[a:b],) for a, b in bounds])[0]
 
 
-def synced_batchnorm(x, gamma, beta, dout, world_size, eps=1e-5, timeout=120.0):
+def synced_batchnorm(x, gamma, beta, dout, world_size, eps=1e-5, timeout=120.0, start_method=None):
     """Synchronized BN for real: world_size worker processes, torch.distributed over gloo.
 
     x (N, D) or (N, C, H, W) is split along N into world_size contiguous shards (as equal as
@@ -2117,14 +2147,14 @@ def synced_batchnorm(x, gamma, beta, dout, world_size, eps=1e-5, timeout=120.0):
 
     One call starts the workers, uses them once and stops them (in a `finally`: no worker
     outlives the call, also when one fails, which raises RuntimeError naming it, or when none
-    answers within timeout seconds). Starting takes a second or more a worker: for several
-    calls, start them once with bnlib.SyncedBatchNormWorkers(world_size) (its doc says more,
-    also about scripts and stdin).
+    answers within timeout seconds). Starting workers takes a second or more: for several
+    calls, start them once with bnlib.SyncedBatchNormWorkers(world_size), whose doc says more
+    (start_method, scripts, stdin).
     """
     caller = "synced_batchnorm"
     x, gamma, beta, dout = _sharded_bn_inputs(x, gamma, beta, dout, eps, caller)
     world_size = _check_world_size(world_size, len(x), caller)
-    workers = SyncedBatchNormWorkers(world_size, timeout=timeout)
+    workers = SyncedBatchNormWorkers(world_size, timeout=timeout, start_method=start_method)
     try:
         return workers(x, gamma, beta, dout, eps)
     finally:

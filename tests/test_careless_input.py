@@ -77,6 +77,8 @@ FUNCTIONS = {
     "sigmoid_linearity": (bnlib.sigmoid_linearity, X),
     "ewma": (lambda v: bnlib.ewma(v, 0.1), X),
     "x_hat_in_random_batches": (lambda x: bnlib.x_hat_in_random_batches(x, 0, 4, 5), X[:, 0]),
+    "per_device_batchnorm": (lambda x: bnlib.per_device_batchnorm(x, G, B, np.ones((8, 3)), 2), X),
+    "synced_batchnorm": (lambda x: bnlib.synced_batchnorm(x, G, B, np.ones((8, 3)), 1), X),   # 1 worker process
 }
 KINDS = list(careless(X))
 
