@@ -2385,6 +2385,54 @@ def adapt_batchnorm(model, X, batch_size=None, prior=0):
     return model
 
 
+
+def accuracy_with_batch_statistics(model, X, y, batch_size, prior=0):
+    """Test accuracy when every BN normalizes each test batch with that batch's own statistics,
+    mixed with the running ones as Schneider et al. (2020, arXiv 2006.16971) propose: X is sent
+    in consecutive batches of batch_size, and at every BatchNorm1d/2d, with n = len(batch)
+    and N = prior,
+        mean = N / (N + n) * running_mean + n / (N + n) * batch mean
+        var  = N / (N + n) * running_var  + n / (N + n) * batch var (biased, as in training)
+    prior=0 is training-mode BN on the test batches; a large prior tends to eval mode.
+    Nothing in the model changes (no weight, no running statistic, no mode). Returns a float.
+    """
+    import torch
+    import torch.nn.functional as F
+    caller = "accuracy_with_batch_statistics"
+    X = _check_torch_batch(X, y, caller)
+    if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 2:
+        raise ValueError(f"{caller}: batch_size must be an integer >= 2 (a batch of one has no "
+                         f"variance), got {batch_size!r}.")
+    if not (isinstance(prior, (int, float, np.number)) and np.isfinite(prior) and prior >= 0):
+        raise ValueError(f"{caller}: prior must be a number >= 0 (Schneider et al.'s N), got {prior!r}.")
+    bns = [m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))]
+    if not bns:
+        raise ValueError(f"{caller}: the model has no BatchNorm module.")
+
+    def mixed(m):
+        def forward(x):
+            dims = [0] + list(range(2, x.ndim))
+            w = float(prior) / (float(prior) + len(x))
+            mean = w * m.running_mean + (1 - w) * x.mean(dims)
+            var = w * m.running_var + (1 - w) * x.var(dims, unbiased=False)
+            return F.batch_norm(x, mean, var, m.weight, m.bias, False, 0.0, m.eps)
+        return forward
+
+    correct = 0
+    Xt, yt = torch.as_tensor(X), np.asarray(y)
+    with _eval_mode(model), torch.no_grad():
+        for m in bns:
+            m.forward = mixed(m)                 # this instance only; removed below
+        try:
+            for a in range(0, len(X), int(batch_size)):
+                pred = model(Xt[a:a + int(batch_size)]).argmax(dim=1).numpy()
+                correct += int(np.sum(pred == yt[a:a + int(batch_size)]))
+        finally:
+            for m in bns:
+                del m.forward
+    return correct / len(X)
+
 # ==============================================================================================
 # 7. Plots and widgets
 # Colours, figures and sliders: how the course draws, never what it computes.

@@ -361,6 +361,26 @@ def test_adapt_batchnorm_in_batches_is_torchs_update_bn_and_the_prior_mixes():
     assert net.training
 
 
+def test_accuracy_with_batch_statistics_is_training_mode_bn_at_prior_0_and_eval_mode_at_a_huge_prior():
+    net = bnlib.bn_mlp(8, seed=8)
+    bnlib.train_torch(net, torch.optim.SGD(net.parameters(), lr=0.1), X, Y, 3, 8)
+    state = copy.deepcopy(net.state_dict())
+    net.eval()
+    with torch.no_grad():
+        train_mode = copy.deepcopy(net).train()
+        pred = torch.cat([train_mode(torch.from_numpy(X[a:a + 5])) for a in range(0, 24, 5)]).argmax(1).numpy()
+        pred_eval = net(torch.from_numpy(X)).argmax(1).numpy()
+    assert bnlib.accuracy_with_batch_statistics(net, X, Y, 5) == np.mean(pred == Y)
+    assert bnlib.accuracy_with_batch_statistics(net, X, Y, 5, prior=1e12) == np.mean(pred_eval == Y)
+    z = net[0](torch.from_numpy(X[:6])).detach()              # one batch, N = n: half and half
+    bn = net[1]
+    mean, var = (bn.running_mean + z.mean(0)) / 2, (bn.running_var + z.var(0, unbiased=False)) / 2
+    want = net[3](torch.relu(F.batch_norm(z, mean, var, bn.weight, bn.bias, False, 0.0, bn.eps))).argmax(1).numpy()
+    assert bnlib.accuracy_with_batch_statistics(net, X[:6], Y[:6], 6, prior=6) == np.mean(want == Y[:6])
+    assert not net.training and all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
+    assert "forward" not in vars(bn)
+
+
 def test_bad_arguments_of_the_torch_tools_are_refused_clearly():
     net = bnlib.bn_mlp(8)
     with pytest.raises(ValueError, match="batch_size"):
