@@ -104,6 +104,7 @@ bnlib itself uses):
     train_accumulated                 6   -
     shift_digits                      6   -
     adapt_batchnorm                   6   -
+    accuracy_with_batch_statistics    6   -
     METHOD_COLORS                     7   -
     BN_COLOR                          7   01
     PLAIN_COLOR                       7   01
@@ -139,6 +140,10 @@ bnlib itself uses):
     check_groupnorm_rows              8   07
     DROPOUT_VARIANCE_RATIO            8   -
     check_dropout_variance_ratio      8   08
+    COMBINE_MEAN_VAR                  8   -
+    check_combine_mean_var            8   -
+    GHOST_BATCHNORM                   8   -
+    check_ghost_batchnorm             8   -
 """
 import contextlib
 import hashlib
@@ -3530,3 +3535,120 @@ def check_dropout_variance_ratio(dropout_variance_ratio):
     in training d = x * mask / (1 - p), mask ~ Bernoulli(1 - p); at test d = x.
     Reference: the closed form (var + mean^2) / (1 - p) - mean^2, over var."""
     return _run(DROPOUT_VARIANCE_RATIO, dropout_variance_ratio)
+
+
+# --- notebook 09: combine_mean_var, ghost_batchnorm -----------------------------------------
+
+def _combine_cases():
+    """Per-shard (count, mean, biased variance) of real shards: unequal sizes and far-apart
+    means (where the between-shard term matters), shards of one value, and equal sizes."""
+    cases = []
+    for sizes, channels, seed in (((5, 2, 9), 3, 1), ((1, 1, 1), 2, 2), ((4, 4, 4, 4), 2, 3)):
+        rng = np.random.default_rng(seed)
+        shards = [rng.normal(3.0 * k, 1.0 + k, size=(n, channels)) for k, n in enumerate(sizes)]
+        cases.append((np.array(sizes), np.array([s.mean(axis=0) for s in shards]),
+                      np.array([s.var(axis=0) for s in shards])))
+    return cases
+
+
+def _combine_reference(counts, means, variances):
+    """Closed form, the law of total variance: with n = sum(n_k) and mu = sum(n_k mu_k) / n,
+    var = sum(n_k * (var_k + (mu_k - mu)^2)) / n."""
+    n_k = counts.astype(np.float64)[:, None]
+    mean = np.sum(n_k * means, axis=0) / n_k.sum()
+    return mean, np.sum(n_k * (variances + (means - mean) ** 2), axis=0) / n_k.sum()
+
+
+def _combine_unweighted(counts, means, variances):
+    mean = means.mean(axis=0)
+    return mean, np.mean(variances + (means - mean) ** 2, axis=0)
+
+
+COMBINE_MEAN_VAR = Check(
+    title="combine_mean_var", args=("counts", "means", "variances"), outputs=("mean", "var"),
+    cases=_combine_cases,
+    describe=lambda counts, means, variances: f"{len(counts)} shards of {counts.tolist()} values, "
+                                              f"{means.shape[1]} channels",
+    reference=_combine_reference,
+    mistakes={
+        "You averaged the shards as if they had the same size; weight each shard by its count "
+        "n_k (a device with 9 examples says more than one with 2).": _combine_unweighted,
+        "Your variance is the (weighted) average of the shards' variances only: it misses how far "
+        "each shard's mean is from the global mean, + sum_k n_k (mu_k - mu)^2 / n.":
+            lambda counts, means, variances: (_combine_reference(counts, means, variances)[0],
+                                              np.sum(counts[:, None] * variances, axis=0) / counts.sum()),
+        "You divided by n - 1: BN normalizes with the biased variance, divide by n = sum(n_k).":
+            lambda counts, means, variances: (_combine_reference(counts, means, variances)[0],
+                                              _combine_reference(counts, means, variances)[1]
+                                              * counts.sum() / (counts.sum() - 1)),
+    },
+    hint="The global variance is the mean of (x - mu)^2 over all n values: split it shard by shard "
+         "into each shard's own variance plus the distance of its mean from mu.")
+
+
+def check_combine_mean_var(combine_mean_var):
+    """Exercise check (notebook 09): combine_mean_var(counts, means, variances) -> (mean, var),
+    each (C,): the statistics of the whole batch from each shard's count n_k (K,), mean
+    (K, C) and biased variance (K, C), as torch's SyncBatchNorm merges the devices'.
+    Reference: the closed form of the law of total variance."""
+    return _run(COMBINE_MEAN_VAR, combine_mean_var)
+
+
+def _ghost_cases():
+    cases = []
+    for n, d, shards in ((10, 3, 4), (12, 2, 3), (7, 4, 2)):
+        x, gamma, beta, _ = _spread_batch((n, d), seed=n)
+        cases.append((x, gamma, beta, shards, 1e-5))
+    return cases
+
+
+def _ghost_reference(x, gamma, beta, num_shards, eps):
+    import torch
+    import torch.nn.functional as F
+    g, b = torch.from_numpy(gamma), torch.from_numpy(beta)
+    return torch.cat([F.batch_norm(c, None, None, g, b, training=True, eps=eps)
+                      for c in torch.from_numpy(x).tensor_split(num_shards)]).numpy()
+
+
+def _bn_rows(x, gamma, beta, eps, ddof=0):
+    return gamma * (x - x.mean(axis=0)) / np.sqrt(x.var(axis=0, ddof=ddof) + eps) + beta
+
+
+def _ghost_strided(x, gamma, beta, num_shards, eps):
+    out = np.empty_like(x)
+    for k in range(num_shards):
+        out[k::num_shards] = _bn_rows(x[k::num_shards], gamma, beta, eps)
+    return out
+
+
+def _ghost_remainder_last(x, gamma, beta, num_shards, eps):
+    size = len(x) // num_shards
+    stops = [size * k for k in range(1, num_shards)] + [len(x)]
+    starts = [0] + stops[:-1]
+    return np.concatenate([_bn_rows(x[a:b], gamma, beta, eps) for a, b in zip(starts, stops)])
+
+
+GHOST_BATCHNORM = Check(
+    title="ghost_batchnorm", args=("x", "gamma", "beta", "num_shards", "eps"), outputs="out",
+    cases=_ghost_cases,
+    describe=lambda x, gamma, beta, num_shards, eps: f"x of shape {x.shape}, num_shards={num_shards}",
+    reference=_ghost_reference,
+    mistakes={
+        "You normalized the whole batch at once: each of the num_shards shards needs its own mean "
+        "and variance.": lambda x, gamma, beta, num_shards, eps: _bn_rows(x, gamma, beta, eps),
+        "Your shards are strided (x[k::num_shards]); data parallelism gives each device a "
+        "CONTIGUOUS block of the batch, as np.array_split does.": _ghost_strided,
+        "Your shards have the wrong sizes: as equal as possible, with the FIRST N % num_shards "
+        "shards one example larger (np.array_split, torch.tensor_split).": _ghost_remainder_last,
+        "You used the unbiased variance (divide by n - 1) in a shard; BN normalizes with the biased one.":
+            lambda x, gamma, beta, num_shards, eps: np.concatenate(
+                [_bn_rows(s, gamma, beta, eps, ddof=1) for s in np.array_split(x, num_shards)]),
+    })
+
+
+def check_ghost_batchnorm(ghost_batchnorm):
+    """Exercise check (notebook 09): ghost_batchnorm(x, gamma, beta, num_shards, eps) -> out of
+    x's shape (N, D): x split into num_shards contiguous shards (np.array_split's sizes), each
+    normalized with its own mean and biased variance, then gamma * x_hat + beta.
+    Reference: torch's batch_norm on each torch.tensor_split chunk."""
+    return _run(GHOST_BATCHNORM, ghost_batchnorm)
