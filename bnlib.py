@@ -95,16 +95,16 @@ bnlib itself uses):
     freeze_batchnorm2d                6   08
     dropout_bn_mlp                    6   08
     variance_shift                    6   08
-    per_device_batchnorm              6   -
-    SyncedBatchNormWorkers            6   -
+    per_device_batchnorm              6   09
+    SyncedBatchNormWorkers            6   09
     synced_batchnorm                  6   -
-    bn_mlp                            6   -
-    convert_ghost_batchnorm           6   -
-    batch_gradients                   6   -
-    train_accumulated                 6   -
-    shift_digits                      6   -
-    adapt_batchnorm                   6   -
-    accuracy_with_batch_statistics    6   -
+    bn_mlp                            6   09
+    convert_ghost_batchnorm           6   09
+    batch_gradients                   6   09
+    train_accumulated                 6   09
+    shift_digits                      6   09
+    adapt_batchnorm                   6   09
+    accuracy_with_batch_statistics    6   09
     METHOD_COLORS                     7   -
     BN_COLOR                          7   01
     PLAIN_COLOR                       7   01
@@ -141,9 +141,9 @@ bnlib itself uses):
     DROPOUT_VARIANCE_RATIO            8   -
     check_dropout_variance_ratio      8   08
     COMBINE_MEAN_VAR                  8   -
-    check_combine_mean_var            8   -
+    check_combine_mean_var            8   09
     GHOST_BATCHNORM                   8   -
-    check_ghost_batchnorm             8   -
+    check_ghost_batchnorm             8   09
 """
 import contextlib
 import hashlib
@@ -1785,13 +1785,14 @@ def _shard_bounds(n, world_size):
     return [(int(stop - size), int(stop)) for size, stop in zip(sizes, stops)]
 
 
-def _check_world_size(world_size, n, caller):
+def _check_world_size(world_size, n, caller, name="world_size", what="devices (worker processes)"):
+    """world_size as an int in 1..n (n=None: no upper bound), or a clear error."""
     if isinstance(world_size, (bool, np.bool_)) or not isinstance(world_size, (int, np.integer)):
-        raise TypeError(f"{caller}: world_size must be a whole number of devices (worker processes), "
+        raise TypeError(f"{caller}: {name} must be a whole number of {what}, "
                         f"got {world_size!r} ({type(world_size).__name__}).")
     if world_size < 1 or (n is not None and world_size > n):
-        bound = f" and at most the batch's {n} examples (every device needs one)" if n is not None else ""
-        raise ValueError(f"{caller}: world_size must be at least 1{bound}; got {world_size}.")
+        bound = f" and at most the batch's {n} examples (each needs one)" if n is not None else ""
+        raise ValueError(f"{caller}: {name} must be at least 1{bound}; got {world_size}.")
     return int(world_size)
 
 
@@ -2134,8 +2135,12 @@ class SyncedBatchNormWorkers:
         """What torch.nn.SyncBatchNorm says, inside this real process group, when each worker
         gives it its CPU shard of x in training mode (it needs GPU tensors). Returns worker 0's
         message as a string."""
-        x = _as_float_array(x, "torch_syncbatchnorm_message")
-        _channel_view(x, "torch_syncbatchnorm_message")
+        caller = "torch_syncbatchnorm_message"
+        x = _as_float_array(x, caller)
+        _channel_view(x, caller)
+        if len(x) < self.world_size:
+            raise ValueError(f"{caller}: {self.world_size} workers need at least {self.world_size} "
+                             f"examples, one a worker; x has {len(x)}.")
         bounds = _shard_bounds(len(x), self.world_size)
         return self._run("torch_syncbn", [(x[a:b],) for a, b in bounds])[0]
 
@@ -2269,7 +2274,7 @@ def batch_gradients(model, X, y, micro_batches=1):
     """
     import torch
     X = _check_torch_batch(X, y, "batch_gradients")
-    micro_batches = _check_world_size(micro_batches, len(X), "batch_gradients")
+    micro_batches = _check_world_size(micro_batches, len(X), "batch_gradients", "micro_batches", "parts")
     model.train()
     model.zero_grad()
     Xt, yt = torch.as_tensor(X), torch.as_tensor(np.asarray(y))
@@ -2292,7 +2297,7 @@ def train_accumulated(model, optimizer, X, y, steps, batch_size, micro_batches, 
         raise ValueError(f"{caller}: steps must be an integer >= 1 and batch_size >= 2; got "
                          f"{steps!r}, {batch_size!r}.")
     X = _check_torch_batch(X, y, caller)
-    micro_batches = _check_world_size(micro_batches, int(batch_size), caller)
+    micro_batches = _check_world_size(micro_batches, int(batch_size), caller, "micro_batches", "parts")
     rng = np.random.default_rng(seed)
     Xt, yt = torch.as_tensor(X), torch.as_tensor(np.asarray(y))
     bounds = _shard_bounds(int(batch_size), micro_batches)
