@@ -1957,9 +1957,9 @@ def _stop_workers(processes, inboxes, grace=5.0):
         if p.is_alive():
             p.kill()
             p.join()
-    for q in inboxes:
+    for q in inboxes:                  # nobody reads them any more: drop what is still unsent
+        q.cancel_join_thread()
         q.close()
-        q.join_thread()
 
 
 class SyncedBatchNormWorkers:
@@ -1982,6 +1982,7 @@ class SyncedBatchNormWorkers:
     not on Windows) imports them ONCE, in a server process that multiprocessing starts at
     the first use and keeps until this Python exits (a helper, like its resource tracker: it
     holds no process group), and forks every worker from that clean, single-threaded server.
+    (The list of modules the server imports is multiprocessing's, global: this sets it.)
     Both import the worker function by name, bnlib._synced_batchnorm_worker, which is why it
     lives here and not in a notebook (a notebook's functions cannot be imported by name).
 
