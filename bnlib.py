@@ -103,6 +103,16 @@ bnlib itself uses):
     freeze_batchnorm2d                6   08
     dropout_bn_mlp                    6   08
     variance_shift                    6   08
+    per_device_batchnorm              6   09
+    SyncedBatchNormWorkers            6   09
+    synced_batchnorm                  6   -
+    bn_mlp                            6   09
+    convert_ghost_batchnorm           6   09
+    batch_gradients                   6   09
+    train_accumulated                 6   09
+    shift_digits                      6   09
+    adapt_batchnorm                   6   09
+    accuracy_with_batch_statistics    6   09
     METHOD_COLORS                     7   -
     BN_COLOR                          7   01
     PLAIN_COLOR                       7   01
@@ -144,11 +154,17 @@ bnlib itself uses):
     check_groupnorm_rows              8   07
     DROPOUT_VARIANCE_RATIO            8   -
     check_dropout_variance_ratio      8   08
+    COMBINE_MEAN_VAR                  8   -
+    check_combine_mean_var            8   09
+    GHOST_BATCHNORM                   8   -
+    check_ghost_batchnorm             8   09
 """
 import contextlib
 import hashlib
+import sys
 import sysconfig
 import traceback
+import weakref
 from collections import namedtuple
 from pathlib import Path
 
@@ -2141,6 +2157,680 @@ def variance_shift(model, X):
     return bns[-1].running_var.double().numpy() / seen["x"].double().var(dim=0).numpy()
 
 
+# --- Notebook 09: batch statistics across devices and datasets ---------------------------------
+# Data parallelism splits every batch into world_size contiguous shards, one a device. Without
+# synchronization each device normalizes its own shard (per_device_batchnorm); with it, real
+# worker processes all-reduce their statistics over torch.distributed, gloo on 127.0.0.1
+# (SyncedBatchNormWorkers, synced_batchnorm). Then the torch tools of the experiments: ghost
+# batches, gradient accumulation, and re-estimating BN's statistics on shifted data (AdaBN).
+
+def _shard_bounds(n, world_size):
+    """[(start, stop)] of world_size contiguous shards of n examples, as equal as possible: the
+    first n % world_size shards hold one example more (np.array_split's sizes)."""
+    sizes = [len(part) for part in np.array_split(np.arange(n), world_size)]
+    stops = np.cumsum(sizes)
+    return [(int(stop - size), int(stop)) for size, stop in zip(sizes, stops)]
+
+
+def _check_world_size(world_size, n, caller, name="world_size", what="devices (worker processes)"):
+    """world_size as an int in 1..n (n=None: no upper bound), or a clear error."""
+    if isinstance(world_size, (bool, np.bool_)) or not isinstance(world_size, (int, np.integer)):
+        raise TypeError(f"{caller}: {name} must be a whole number of {what}, "
+                        f"got {world_size!r} ({type(world_size).__name__}).")
+    if world_size < 1 or (n is not None and world_size > n):
+        bound = f" and at most the batch's {n} examples (each needs one)" if n is not None else ""
+        raise ValueError(f"{caller}: {name} must be at least 1{bound}; got {world_size}.")
+    return int(world_size)
+
+
+def _sharded_bn_inputs(x, gamma, beta, dout, eps, caller):
+    """Checked (x, gamma, beta, dout) for the sharded BN functions: x (N, D) or (N, C, H, W) of
+    a float dtype, gamma and beta (C,), dout of x's shape; all finite."""
+    x, _, _, gamma, beta = _bn_inputs(x, gamma, beta, eps, caller)
+    dout = _as_float_array(dout, caller, "dout").astype(x.dtype)
+    if dout.shape != x.shape:
+        raise ValueError(f"{caller}: dout must have x's shape {x.shape} (the gradient arriving at "
+                         f"BN's output), got {dout.shape}.")
+    _check_finite(dout, caller, "dout")
+    return x, gamma.ravel(), beta.ravel(), dout
+
+
+def per_device_batchnorm(x, gamma, beta, dout, world_size, eps=1e-5):
+    """BN as data parallelism WITHOUT synchronization computes it: each device its own shard.
+
+    x (N, D) or (N, C, H, W) is split along N into world_size contiguous shards (as equal as
+    possible, np.array_split's sizes); each shard is normalized with its OWN mean and variance
+    (bnlib.batchnorm_forward on the shard), and dout's shard goes back through that shard's
+    graph (bnlib.batchnorm_backward). gamma and beta are shared, so their gradients add up
+    over the devices (the all-reduce of the parameter gradients):
+        dgamma = sum_k dgamma_k,  dbeta = sum_k dbeta_k
+    This is also ghost batch normalization (Hoffer et al. 2017, arXiv 1705.08741) with ghost
+    batches of N / world_size, and what gradient accumulation over world_size micro-batches
+    computes. world_size=1 is plain BN. Returns (out, dx, dgamma, dbeta): out and dx in x's
+    shape and order, dgamma and dbeta (C,).
+    """
+    caller = "per_device_batchnorm"
+    x, gamma, beta, dout = _sharded_bn_inputs(x, gamma, beta, dout, eps, caller)
+    world_size = _check_world_size(world_size, len(x), caller)
+    values_per_example = x.size // (x.shape[0] * x.shape[1])
+    smallest = len(x) // world_size
+    if smallest * values_per_example < 2:
+        raise ValueError(f"{caller}: with {len(x)} examples on {world_size} devices a shard holds "
+                         f"{smallest} example(s), 1 value per channel: its variance is 0. Use at most "
+                         f"{len(x) // 2} devices, or synced_batchnorm (global statistics).")
+    outs, dxs, dgamma, dbeta = [], [], 0.0, 0.0
+    for start, stop in _shard_bounds(len(x), world_size):
+        out_k, cache = batchnorm_forward(x[start:stop], gamma, beta, eps)
+        dx_k, dgamma_k, dbeta_k = batchnorm_backward(dout[start:stop], cache)
+        outs.append(out_k)
+        dxs.append(dx_k)
+        dgamma, dbeta = dgamma + dgamma_k, dbeta + dbeta_k
+    return np.concatenate(outs), np.concatenate(dxs), dgamma, dbeta
+
+
+def _synced_bn_shard(dist, torch, x, gamma, beta, dout, eps):
+    """What one worker computes for its shard x: synchronized BN, two all-reduces.
+
+    Forward: the per-channel (count, sum, sum of squares) of every shard, added up over the
+    workers, give the global statistics (m values a channel in all):
+        mu = sum(x) / m,  var = sum(x^2) / m - mu^2,  x_hat = (x - mu) / sqrt(var + eps)
+    Backward: the two sums the compact backward needs, added up the same way:
+        dbeta = sum(dout),  dgamma = sum(dout * x_hat),
+        dx = gamma * invstd / m * (m * dout - dbeta - x_hat * dgamma)
+    The sums are taken in float64 whatever x's dtype. (sum(x^2) / m - mu^2 loses digits when
+    |mu| >> std; torch's SyncBatchNorm gathers each shard's mean and variance instead.)
+    """
+    def all_reduce(values):                        # every worker gets the sum over all workers
+        t = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64))
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t.numpy()
+
+    xv, axes, pshape = _channel_view(x.astype(np.float64), "synced_batchnorm")
+    c = x.shape[1]
+    count = np.full(1, xv.size // c, dtype=np.float64)
+    stats = all_reduce(np.concatenate([count, xv.sum(axis=axes), np.square(xv).sum(axis=axes)]))
+    m, mu = stats[0], stats[1:c + 1] / stats[0]
+    var = np.maximum(stats[c + 1:] / m - mu ** 2, 0.0)
+    invstd = 1.0 / np.sqrt(var + eps)
+    x_hat = (xv - mu.reshape(pshape)) * invstd.reshape(pshape)
+    g, b = gamma.astype(np.float64).reshape(pshape), beta.astype(np.float64).reshape(pshape)
+    out = g * x_hat + b
+    dv = dout.astype(np.float64).reshape(xv.shape)
+    sums = all_reduce(np.concatenate([dv.sum(axis=axes), np.sum(dv * x_hat, axis=axes)]))
+    dbeta, dgamma = sums[:c], sums[c:]
+    dx = g * invstd.reshape(pshape) / m * (m * dv - dbeta.reshape(pshape) - x_hat * dgamma.reshape(pshape))
+    return tuple(a.astype(x.dtype) for a in (out.reshape(x.shape), dx.reshape(x.shape), dgamma, dbeta))
+
+
+def _torch_syncbn_shard(dist, torch, x):
+    """torch.nn.SyncBatchNorm on a worker's CPU shard, inside a real process group: its error."""
+    bn = torch.nn.SyncBatchNorm(x.shape[1]).double().train()
+    try:
+        bn(torch.from_numpy(np.asarray(x, dtype=np.float64)))
+    except (ValueError, RuntimeError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "torch.nn.SyncBatchNorm ran on CPU tensors"
+
+
+def _fault(dist, torch, kind):
+    """For the tests: a worker that fails ("raise") or never answers ("hang")."""
+    if kind == "hang":
+        import time
+        time.sleep(3600)
+    raise RuntimeError("a fault injected by the test")
+
+
+_WORKER_TASKS = {"batchnorm": _synced_bn_shard, "torch_syncbn": _torch_syncbn_shard, "fault": _fault}
+
+
+def _loopback_interface():
+    """The loopback network interface's name ("lo" on Linux, "lo0" on macOS), or None."""
+    import socket
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except (OSError, AttributeError):
+        return None
+    return next((name for name in names if name.startswith("lo")), None)
+
+
+def _synced_batchnorm_worker(rank, world_size, port, inbox, outbox, timeout):
+    """One worker process: join the gloo group on 127.0.0.1:port, then run the tasks that arrive
+    in inbox until None arrives, answering each in outbox as (kind, rank, result). Module-level,
+    so that the new process can import it by name (spawn and forkserver pickle it so)."""
+    import datetime
+    import os
+    dist = None
+    try:
+        import torch
+        import torch.distributed as dist
+        torch.set_num_threads(1)
+        loopback = _loopback_interface()
+        if loopback:
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback)   # gloo talks over 127.0.0.1 only
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                world_size=world_size, timeout=datetime.timedelta(seconds=timeout))
+        outbox.put(("ready", rank, None))
+        while (task := inbox.get()) is not None:
+            kind, args = task
+            outbox.put(("done", rank, _WORKER_TASKS[kind](dist, torch, *args)))
+    except BaseException:
+        outbox.put(("failed", rank, traceback.format_exc()))
+    finally:
+        if dist is not None and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on right now (the OS picks it)."""
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop_workers(processes, inboxes, grace=5.0):
+    """Ask every live worker to leave (None in its inbox), wait up to grace seconds, then
+    terminate and finally kill whatever is still running. Safe to call twice."""
+    for p, inbox in zip(processes, inboxes):
+        if p.is_alive():
+            with contextlib.suppress(Exception):
+                inbox.put(None)
+    for p in processes:
+        p.join(grace)
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+            p.join(grace)
+        if p.is_alive():
+            p.kill()
+            p.join()
+    for q in inboxes:                  # nobody reads them any more: drop what is still unsent
+        q.cancel_join_thread()
+        q.close()
+
+
+class SyncedBatchNormWorkers:
+    """world_size real worker processes that compute synchronized BN together, started once.
+
+        with bnlib.SyncedBatchNormWorkers(4) as workers:       # 4 processes, one gloo group
+            out, dx, dgamma, dbeta = workers(x, gamma, beta, dout)
+            ...                                                 # as many calls as you like
+
+    Each worker is a real process started by torch.multiprocessing, and joins a
+    torch.distributed process group with the gloo backend, over TCP on 127.0.0.1, on a free
+    port. A call splits x along N into world_size contiguous shards (as equal as possible),
+    sends shard k to worker k, and each worker runs the synchronized BN of _synced_bn_shard:
+    one all-reduce of the (count, sum, sum of squares) per channel forward, one of
+    (sum(dout), sum(dout * x_hat)) backward. The results come back in x's order: (out, dx,
+    dgamma, dbeta), equal to BN on the whole batch (bnlib.batchnorm_forward/backward).
+
+    start_method: "spawn" starts each worker as a fresh Python that imports bnlib and torch
+    (a second or more a worker, every time). "forkserver" (the default where it exists, i.e.
+    not on Windows) imports them ONCE, in a server process that multiprocessing starts at
+    the first use and keeps until this Python exits (a helper, like its resource tracker: it
+    holds no process group), and forks every worker from that clean, single-threaded server.
+    (The list of modules the server imports is multiprocessing's, global: this sets it.)
+    Both import the worker function by name, bnlib._synced_batchnorm_worker, which is why it
+    lives here and not in a notebook (a notebook's functions cannot be imported by name).
+
+    The constructor returns as soon as the processes are started; the first call waits until
+    all have joined the group. A worker that fails or dies, or no answer within `timeout`
+    seconds (for the start, then for each call), raises RuntimeError naming the worker, and
+    stops every worker: the group is then closed. close() (or leaving the `with` block, or
+    the object being garbage-collected) stops them all; no worker outlives it.
+
+    Each worker imports the parent's main module again (as `__mp_main__`): in a script, put
+    the code that starts workers under `if __name__ == "__main__":`; a program read from
+    stdin (`python - < file.py`) cannot be imported again at all, so it is refused.
+    Attributes: world_size, timeout, start_method, processes (multiprocessing.Process), port.
+    """
+
+    def __init__(self, world_size, timeout=120.0, start_method=None):
+        caller = "SyncedBatchNormWorkers"
+        self.world_size = _check_world_size(world_size, None, caller)
+        main = sys.modules.get("__main__")
+        if getattr(main, "__file__", None) == "<stdin>":
+            raise RuntimeError(f"{caller}: this Python reads its program from stdin (python - < "
+                               "file), and each worker starts by importing the main program "
+                               "again, which stdin cannot give twice. Save it in a file and run "
+                               "`python file.py`, with the code that starts workers under "
+                               "`if __name__ == \"__main__\":`, or run it in a notebook.")
+        import torch.multiprocessing as mp
+        methods = [m for m in ("forkserver", "spawn") if m in mp.get_all_start_methods()]
+        start_method = methods[0] if start_method is None else start_method
+        if start_method not in methods:
+            raise ValueError(f"{caller}: start_method must be one of {methods} (or None for "
+                             f"{methods[0]!r}), got {start_method!r}.")
+        if isinstance(timeout, (bool, np.bool_)) or not isinstance(timeout, (int, float, np.number)) \
+                or not timeout > 0:
+            raise ValueError(f"{caller}: timeout must be a number of seconds > 0, got {timeout!r}.")
+        ctx = mp.get_context(start_method)
+        if start_method == "forkserver":          # the server imports these once, for every worker
+            ctx.set_forkserver_preload(["bnlib", "torch", "torch.distributed"])
+        self.timeout, self.port, self.start_method = float(timeout), _free_port(), start_method
+        self._outbox = ctx.Queue()
+        self._inboxes = [ctx.Queue() for _ in range(self.world_size)]
+        self.processes = [ctx.Process(target=_synced_batchnorm_worker, daemon=True,
+                                      name=f"bnlib synced BN worker {rank}",
+                                      args=(rank, self.world_size, self.port, self._inboxes[rank],
+                                            self._outbox, self.timeout))
+                          for rank in range(self.world_size)]
+        self._closed, self._ready = False, False
+        self._stop = weakref.finalize(self, _stop_workers, self.processes, self._inboxes)
+        try:
+            for p in self.processes:
+                p.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def close(self, grace=5.0):
+        """Stop every worker: each leaves the process group and exits; any still running after
+        grace seconds is terminated (killed if need be)."""
+        self._closed = True
+        if self._stop.alive:
+            self._stop.detach()
+            _stop_workers(self.processes, self._inboxes, grace)
+        with contextlib.suppress(Exception):
+            self._outbox.close()
+
+    def __repr__(self):
+        state = "closed" if self._closed else ("running" if self._ready else "starting")
+        return (f"SyncedBatchNormWorkers(world_size={self.world_size}, {self.start_method}, "
+                f"port={self.port}, {state})")
+
+    def _died(self, rank, kind, then=""):
+        p = self.processes[rank]
+        how = f"killed by signal {-p.exitcode}" if p.exitcode < 0 else f"exit code {p.exitcode}"
+        return RuntimeError(f"SyncedBatchNormWorkers: worker {rank} of {self.world_size} (pid {p.pid}) "
+                            f"died ({how}) while the others waited for its {kind}{then}. Every worker "
+                            "is stopped. (A script must start workers under "
+                            "`if __name__ == \"__main__\":`.)")
+
+    def _collect(self, kind):
+        """One answer from every worker, in rank order; a failure closes the group and raises."""
+        import queue
+        import time
+        deadline, answers, failed = time.monotonic() + self.timeout, {}, {}
+
+        def crashed():                  # died without saying why (killed, or crashed in C code)
+            return [r for r, p in enumerate(self.processes) if p.exitcode not in (None, 0) and r not in failed]
+
+        try:
+            while len(answers) < self.world_size:
+                try:
+                    what, rank, result = self._outbox.get(timeout=0.05)
+                except queue.Empty:
+                    gone = [r for r, p in enumerate(self.processes)
+                            if r not in answers and p.exitcode is not None]
+                    if gone and self._outbox.empty():
+                        raise self._died(gone[0], kind) from None
+                    if time.monotonic() > deadline:
+                        late = [r for r in range(self.world_size) if r not in answers]
+                        raise RuntimeError(
+                            f"SyncedBatchNormWorkers: no {kind} from worker(s) {late} of "
+                            f"{self.world_size} within timeout={self.timeout:g} s; every worker is "
+                            "stopped. On a busy machine starting the workers can take long: "
+                            "pass a larger timeout.") from None
+                    continue
+                if what != "failed":
+                    answers[rank] = result
+                    continue
+                failed[rank] = result
+                last = result.strip().splitlines()[-1]
+                for _ in range(20):             # a peer that crashed is the cause: name it instead
+                    if crashed():
+                        raise self._died(crashed()[0], kind, then=f" (worker {rank} then failed: {last})")
+                    time.sleep(0.05)
+                raise RuntimeError(f"SyncedBatchNormWorkers: worker {rank} of {self.world_size} "
+                                   f"failed: {last}. Every worker is stopped. Its traceback:\n{result}")
+        except BaseException:
+            self.close(grace=0.5)              # the others may be stuck in a collective
+            raise
+        return [answers[rank] for rank in range(self.world_size)]
+
+    def _run(self, kind, per_rank_args):
+        if self._closed:
+            raise RuntimeError("SyncedBatchNormWorkers: these workers are stopped (closed, or one "
+                               "failed); start new ones: bnlib.SyncedBatchNormWorkers(world_size).")
+        if not self._ready:
+            self._collect("start (joining the gloo process group)")
+            self._ready = True
+        for inbox, args in zip(self._inboxes, per_rank_args):
+            inbox.put((kind, args))
+        return self._collect(f"answer to {kind!r}")
+
+    def __call__(self, x, gamma, beta, dout, eps=1e-5):
+        """Synchronized BN of x over the workers: (out, dx, dgamma, dbeta), see the class doc."""
+        caller = "SyncedBatchNormWorkers"
+        x, gamma, beta, dout = _sharded_bn_inputs(x, gamma, beta, dout, eps, caller)
+        if self.world_size > len(x):
+            raise ValueError(f"{caller}: {self.world_size} workers need at least {self.world_size} "
+                             f"examples, one a worker; x has {len(x)}.")
+        bounds = _shard_bounds(len(x), self.world_size)
+        answers = self._run("batchnorm", [(x[a:b], gamma, beta, dout[a:b], eps) for a, b in bounds])
+        out = np.concatenate([a[0] for a in answers])
+        dx = np.concatenate([a[1] for a in answers])
+        return out, dx, answers[0][2], answers[0][3]
+
+    def torch_syncbatchnorm_message(self, x):
+        """What torch.nn.SyncBatchNorm says, inside this real process group, when each worker
+        gives it its CPU shard of x in training mode (it needs GPU tensors). Returns worker 0's
+        message as a string."""
+        caller = "torch_syncbatchnorm_message"
+        x = _as_float_array(x, caller)
+        _channel_view(x, caller)
+        if len(x) < self.world_size:
+            raise ValueError(f"{caller}: {self.world_size} workers need at least {self.world_size} "
+                             f"examples, one a worker; x has {len(x)}.")
+        bounds = _shard_bounds(len(x), self.world_size)
+        return self._run("torch_syncbn", [(x[a:b],) for a, b in bounds])[0]
+
+
+def synced_batchnorm(x, gamma, beta, dout, world_size, eps=1e-5, timeout=120.0, start_method=None):
+    """Synchronized BN for real: world_size worker processes, torch.distributed over gloo.
+
+    x (N, D) or (N, C, H, W) is split along N into world_size contiguous shards (as equal as
+    possible: np.array_split's sizes), each worker process normalizes its shard with the
+    statistics of the WHOLE batch, all-reduced over the workers (count, sum and sum of squares
+    forward; sum(dout) and sum(dout * x_hat) backward), and the results are put back in x's
+    order. Returns (out, dx, dgamma, dbeta), equal to BN on the whole batch (forward and every
+    gradient) up to rounding. 1 <= world_size <= N.
+
+    One call starts the workers, uses them once and stops them (in a `finally`: no worker
+    outlives the call, also when one fails, which raises RuntimeError naming it, or when none
+    answers within timeout seconds). Starting workers takes a second or more: for several
+    calls, start them once with bnlib.SyncedBatchNormWorkers(world_size), whose doc says more
+    (start_method, scripts, stdin).
+    """
+    caller = "synced_batchnorm"
+    x, gamma, beta, dout = _sharded_bn_inputs(x, gamma, beta, dout, eps, caller)
+    world_size = _check_world_size(world_size, len(x), caller)
+    workers = SyncedBatchNormWorkers(world_size, timeout=timeout, start_method=start_method)
+    try:
+        return workers(x, gamma, beta, dout, eps)
+    finally:
+        workers.close()
+
+
+# The torch side of notebook 09's experiments (torch imported inside, as in notebook 08's block).
+
+def bn_mlp(width=64, seed=0):
+    """784 -> width -> 10 ReLU network with one BN, as torch.nn.Sequential (float32):
+    Linear(784, width, no bias) -> BatchNorm1d(width) -> ReLU -> Linear(width, 10); weights
+    PyTorch's default init, drawn after torch.manual_seed(seed)."""
+    import torch
+    from torch import nn
+    if isinstance(width, (bool, np.bool_)) or not isinstance(width, (int, np.integer)) or width < 1:
+        raise ValueError(f"bn_mlp: width must be a positive integer, got {width!r}.")
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(784, int(width), bias=False), nn.BatchNorm1d(int(width)), nn.ReLU(),
+                         nn.Linear(int(width), 10))
+
+
+def _ghost_class():
+    """The per-shard BN module; made once, when torch is first needed."""
+    global _GhostBatchNorm
+    if _GhostBatchNorm is None:
+        import torch
+        import torch.nn.functional as F
+
+        class GhostBatchNorm(torch.nn.Module):
+            """A BatchNorm1d/2d that, in training mode, normalizes each of num_shards contiguous
+            shards of the batch with the shard's own statistics (bnlib.convert_ghost_batchnorm)."""
+
+            def __init__(self, bn, num_shards):
+                super().__init__()
+                self.bn, self.num_shards = bn, num_shards
+
+            def forward(self, x):
+                if not self.training or self.num_shards == 1:
+                    return self.bn(x)
+                if len(x) < self.num_shards:
+                    raise ValueError(f"GhostBatchNorm: a batch of {len(x)} cannot be split into "
+                                     f"{self.num_shards} shards of at least one example each.")
+                shards = x.tensor_split(self.num_shards)        # np.array_split's sizes
+                first = self.bn(shards[0])                      # shard 0 updates the running stats
+                rest = [F.batch_norm(s, None, None, self.bn.weight, self.bn.bias, True, 0.0, self.bn.eps)
+                        for s in shards[1:]]
+                return torch.cat([first, *rest])
+
+            def extra_repr(self):
+                return f"num_shards={self.num_shards}"
+        _GhostBatchNorm = GhostBatchNorm
+    return _GhostBatchNorm
+
+
+_GhostBatchNorm = None
+
+
+def convert_ghost_batchnorm(model, num_shards):
+    """Replace every BatchNorm1d/2d in a torch model by a per-shard ("ghost") BN; returns model.
+
+    In training mode the new module splits each batch into num_shards contiguous shards
+    (torch.tensor_split: as equal as possible, np.array_split's sizes) and normalizes each
+    with its own mean and variance: BN as num_shards devices compute it in data-parallel
+    training without synchronization, or Hoffer et al.'s ghost batches (2017, arXiv
+    1705.08741) of batch / num_shards examples. gamma, beta and the running statistics stay
+    the original module's; the running statistics are updated from shard 0 only, as on each
+    device under torch's DistributedDataParallel (by default it copies device 0's buffers to
+    the others before every forward). Eval mode: the original module, unchanged.
+    num_shards=1 changes nothing. The mirror image of torch.nn.SyncBatchNorm's
+    convert_sync_batchnorm; changes model in place (a BN model itself is returned wrapped).
+    """
+    import torch
+    if isinstance(num_shards, (bool, np.bool_)) or not isinstance(num_shards, (int, np.integer)) \
+            or num_shards < 1:
+        raise ValueError(f"convert_ghost_batchnorm: num_shards must be a positive integer (the "
+                         f"number of devices or ghost batches), got {num_shards!r}.")
+    ghost, bn_types = _ghost_class(), (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)
+    if isinstance(model, bn_types):
+        return ghost(model, int(num_shards))
+    for name, child in model.named_children():
+        if isinstance(child, bn_types):
+            model.add_module(name, ghost(child, int(num_shards)))
+        else:
+            convert_ghost_batchnorm(child, num_shards)
+    return model
+
+
+def _check_torch_batch(X, y, caller):
+    X = np.asarray(X)
+    if X.ndim != 2 or len(X) < 2:
+        raise ValueError(f"{caller}: X must be (N, features) with N >= 2, got shape {X.shape}.")
+    if y is not None:
+        _labels(y, len(X), 10, caller)
+    return X
+
+
+def batch_gradients(model, X, y, micro_batches=1):
+    """The gradient gradient accumulation computes for ONE batch (X, y), without a step.
+
+    X (N, 784) is split into micro_batches contiguous parts (np.array_split's sizes); each part
+    goes forward in training mode and backward with its cross-entropy weighted by its share,
+    len(part) / N, and the gradients add up, as in a training loop that accumulates. With
+    micro_batches=1 it is the plain gradient of the mean loss over the batch; with BN, more
+    micro-batches give another gradient, because BN normalizes each part by itself. Every BN
+    module's running statistics take one update per part, as in real accumulation.
+    Returns {parameter name: gradient as a float64 numpy array}.
+    """
+    import torch
+    X = _check_torch_batch(X, y, "batch_gradients")
+    micro_batches = _check_world_size(micro_batches, len(X), "batch_gradients", "micro_batches", "parts")
+    model.train()
+    model.zero_grad()
+    Xt, yt = torch.as_tensor(X), torch.as_tensor(np.asarray(y))
+    for a, b in _shard_bounds(len(X), micro_batches):
+        loss = torch.nn.functional.cross_entropy(model(Xt[a:b]), yt[a:b]) * ((b - a) / len(X))
+        loss.backward()
+    return {name: p.grad.double().numpy().copy() for name, p in model.named_parameters()
+            if p.grad is not None}
+
+
+def train_accumulated(model, optimizer, X, y, steps, batch_size, micro_batches, seed=0):
+    """bnlib.train_torch with gradient accumulation: the same batches (drawn with replacement by
+    numpy's default_rng(seed)), each split into micro_batches contiguous parts that go forward
+    and backward one after the other (each loss weighted by its share of the batch), then ONE
+    optimizer step. micro_batches=1 is train_torch exactly. Returns the (steps,) training
+    losses, each the mean over its batch."""
+    import torch
+    caller = "train_accumulated"
+    if int(steps) != steps or steps < 1 or int(batch_size) != batch_size or batch_size < 2:
+        raise ValueError(f"{caller}: steps must be an integer >= 1 and batch_size >= 2; got "
+                         f"{steps!r}, {batch_size!r}.")
+    X = _check_torch_batch(X, y, caller)
+    micro_batches = _check_world_size(micro_batches, int(batch_size), caller, "micro_batches", "parts")
+    rng = np.random.default_rng(seed)
+    Xt, yt = torch.as_tensor(X), torch.as_tensor(np.asarray(y))
+    bounds = _shard_bounds(int(batch_size), micro_batches)
+    losses = []
+    model.train()
+    for _ in range(int(steps)):
+        idx = torch.from_numpy(rng.integers(0, len(X), size=int(batch_size)))
+        optimizer.zero_grad()
+        total = 0.0
+        for a, b in bounds:
+            part = idx[a:b]
+            loss = torch.nn.functional.cross_entropy(model(Xt[part]), yt[part])
+            if micro_batches > 1:
+                loss = loss * ((b - a) / int(batch_size))
+            loss.backward()
+            total += loss.item()
+        optimizer.step()
+        losses.append(total)
+        if not np.isfinite(total):
+            break
+    return np.array(losses)
+
+
+def shift_digits(X, kind, strength, seed=0):
+    """The digits X (N, 784), values in [0, 1], under a distribution shift (notebook 09):
+        "contrast":    x * strength                     (faded ink: strength < 1)
+        "background":  strength + (1 - strength) * x    (a grey page of brightness strength)
+        "noise":       x + strength * n, n ~ N(0, 1) per pixel, from default_rng(seed)
+    Returns float32 (N, 784)."""
+    kinds = ("contrast", "background", "noise")
+    if kind not in kinds:
+        raise ValueError(f"shift_digits: kind must be one of {kinds}, got {kind!r}.")
+    X = _as_float_array(X, "shift_digits", "X").astype(np.float32)
+    if X.ndim != 2:
+        raise ValueError(f"shift_digits: X must be (N, 784), one flattened digit a row; got {X.shape}.")
+    if not (isinstance(strength, (int, float, np.number)) and np.isfinite(strength) and strength >= 0):
+        raise ValueError(f"shift_digits: strength must be a finite number >= 0, got {strength!r}.")
+    s = np.float32(strength)
+    if kind == "contrast":
+        return X * s
+    if kind == "background":
+        return s + (1 - s) * X
+    return X + s * np.random.default_rng(seed).standard_normal(X.shape, dtype=np.float32)
+
+
+def adapt_batchnorm(model, X, batch_size=None, prior=0):
+    """AdaBN (Li et al. 2016, arXiv 1603.04779): re-estimate every BN module's running statistics
+    on X, unlabeled data from the new distribution, without touching any weight.
+
+    Each BatchNorm1d/2d's running statistics are reset, then X goes forward in batches of
+    batch_size (default: all of X at once) with the BN modules in training mode, everything
+    else in eval mode, under torch.no_grad, and momentum=None (PyTorch's cumulative average):
+    running_mean and running_var become the average of the batch statistics over X (the
+    unbiased variance), as torch.optim.swa_utils.update_bn computes them. The layers before a
+    BN normalize with the same batch statistics meanwhile.
+    prior=N > 0 keeps some of the old (training) statistics, as Schneider et al. (2020, arXiv
+    2006.16971) do: with n = len(X),
+        running = N / (N + n) * old + n / (N + n) * estimated      (mean and variance alike)
+    Momenta and every module's mode are given back. Changes model in place; returns it.
+    """
+    import torch
+    caller = "adapt_batchnorm"
+    X = _check_torch_batch(X, None, caller)
+    batch_size = len(X) if batch_size is None else batch_size
+    if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 2:
+        raise ValueError(f"{caller}: batch_size must be an integer >= 2 (a batch of one has no "
+                         f"variance) or None for all of X; got {batch_size!r}.")
+    if not (isinstance(prior, (int, float, np.number)) and np.isfinite(prior) and prior >= 0):
+        raise ValueError(f"{caller}: prior must be a number >= 0 (Schneider et al.'s N), got {prior!r}.")
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        raise ValueError(f"{caller}: the model has no BatchNorm module to adapt.")
+    old = {m: (m.momentum, m.running_mean.clone(), m.running_var.clone()) for m in bns}
+    modes = {m: m.training for m in model.modules()}
+    Xt = torch.as_tensor(X)
+    try:
+        model.eval()
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+        with torch.no_grad():
+            for a in range(0, len(X), int(batch_size)):
+                model(Xt[a:a + int(batch_size)])
+            w = float(prior) / (float(prior) + len(X))
+            for m in bns:
+                m.running_mean.mul_(1 - w).add_(w * old[m][1])
+                m.running_var.mul_(1 - w).add_(w * old[m][2])
+    finally:
+        for m in bns:
+            m.momentum = old[m][0]
+        for m, mode in modes.items():
+            m.train(mode)
+    return model
+
+
+
+def accuracy_with_batch_statistics(model, X, y, batch_size, prior=0):
+    """Test accuracy when every BN normalizes each test batch with that batch's own statistics,
+    mixed with the running ones as Schneider et al. (2020, arXiv 2006.16971) propose: X is sent
+    in consecutive batches of batch_size, and at every BatchNorm1d/2d, with n = len(batch)
+    and N = prior,
+        mean = N / (N + n) * running_mean + n / (N + n) * batch mean
+        var  = N / (N + n) * running_var  + n / (N + n) * batch var (biased, as in training)
+    prior=0 is training-mode BN on the test batches; a large prior tends to eval mode.
+    Nothing in the model changes (no weight, no running statistic, no mode). Returns a float.
+    """
+    import torch
+    import torch.nn.functional as F
+    caller = "accuracy_with_batch_statistics"
+    X = _check_torch_batch(X, y, caller)
+    if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 2:
+        raise ValueError(f"{caller}: batch_size must be an integer >= 2 (a batch of one has no "
+                         f"variance), got {batch_size!r}.")
+    if not (isinstance(prior, (int, float, np.number)) and np.isfinite(prior) and prior >= 0):
+        raise ValueError(f"{caller}: prior must be a number >= 0 (Schneider et al.'s N), got {prior!r}.")
+    bns = [m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))]
+    if not bns:
+        raise ValueError(f"{caller}: the model has no BatchNorm module.")
+
+    def mixed(m):
+        def forward(x):
+            dims = [0] + list(range(2, x.ndim))
+            w = float(prior) / (float(prior) + len(x))
+            mean = w * m.running_mean + (1 - w) * x.mean(dims)
+            var = w * m.running_var + (1 - w) * x.var(dims, unbiased=False)
+            return F.batch_norm(x, mean, var, m.weight, m.bias, False, 0.0, m.eps)
+        return forward
+
+    correct = 0
+    Xt, yt = torch.as_tensor(X), np.asarray(y)
+    with _eval_mode(model), torch.no_grad():
+        for m in bns:
+            m.forward = mixed(m)                 # this instance only; removed below
+        try:
+            for a in range(0, len(X), int(batch_size)):
+                pred = model(Xt[a:a + int(batch_size)]).argmax(dim=1).numpy()
+                correct += int(np.sum(pred == yt[a:a + int(batch_size)]))
+        finally:
+            for m in bns:
+                del m.forward
+    return correct / len(X)
+
 # ==============================================================================================
 # 7. Plots and widgets
 # Colours, figures and sliders: how the course draws, never what it computes.
@@ -3394,3 +4084,120 @@ def check_dropout_variance_ratio(dropout_variance_ratio):
     in training d = x * mask / (1 - p), mask ~ Bernoulli(1 - p); at test d = x.
     Reference: the closed form (var + mean^2) / (1 - p) - mean^2, over var."""
     return _run(DROPOUT_VARIANCE_RATIO, dropout_variance_ratio)
+
+
+# --- notebook 09: combine_mean_var, ghost_batchnorm -----------------------------------------
+
+def _combine_cases():
+    """Per-shard (count, mean, biased variance) of real shards: unequal sizes and far-apart
+    means (where the between-shard term matters), shards of one value, and equal sizes."""
+    cases = []
+    for sizes, channels, seed in (((5, 2, 9), 3, 1), ((1, 1, 1), 2, 2), ((4, 4, 4, 4), 2, 3)):
+        rng = np.random.default_rng(seed)
+        shards = [rng.normal(3.0 * k, 1.0 + k, size=(n, channels)) for k, n in enumerate(sizes)]
+        cases.append((np.array(sizes), np.array([s.mean(axis=0) for s in shards]),
+                      np.array([s.var(axis=0) for s in shards])))
+    return cases
+
+
+def _combine_reference(counts, means, variances):
+    """Closed form, the law of total variance: with n = sum(n_k) and mu = sum(n_k mu_k) / n,
+    var = sum(n_k * (var_k + (mu_k - mu)^2)) / n."""
+    n_k = counts.astype(np.float64)[:, None]
+    mean = np.sum(n_k * means, axis=0) / n_k.sum()
+    return mean, np.sum(n_k * (variances + (means - mean) ** 2), axis=0) / n_k.sum()
+
+
+def _combine_unweighted(counts, means, variances):
+    mean = means.mean(axis=0)
+    return mean, np.mean(variances + (means - mean) ** 2, axis=0)
+
+
+COMBINE_MEAN_VAR = Check(
+    title="combine_mean_var", args=("counts", "means", "variances"), outputs=("mean", "var"),
+    cases=_combine_cases,
+    describe=lambda counts, means, variances: f"{len(counts)} shards of {counts.tolist()} values, "
+                                              f"{means.shape[1]} channels",
+    reference=_combine_reference,
+    mistakes={
+        "You averaged the shards as if they had the same size; weight each shard by its count "
+        "n_k (a device with 9 examples says more than one with 2).": _combine_unweighted,
+        "Your variance is the (weighted) average of the shards' variances only: it misses how far "
+        "each shard's mean is from the global mean, + sum_k n_k (mu_k - mu)^2 / n.":
+            lambda counts, means, variances: (_combine_reference(counts, means, variances)[0],
+                                              np.sum(counts[:, None] * variances, axis=0) / counts.sum()),
+        "You divided by n - 1: BN normalizes with the biased variance, divide by n = sum(n_k).":
+            lambda counts, means, variances: (_combine_reference(counts, means, variances)[0],
+                                              _combine_reference(counts, means, variances)[1]
+                                              * counts.sum() / (counts.sum() - 1)),
+    },
+    hint="The global variance is the mean of (x - mu)^2 over all n values: split it shard by shard "
+         "into each shard's own variance plus the distance of its mean from mu.")
+
+
+def check_combine_mean_var(combine_mean_var):
+    """Exercise check (notebook 09): combine_mean_var(counts, means, variances) -> (mean, var),
+    each (C,): the statistics of the whole batch from each shard's count n_k (K,), mean
+    (K, C) and biased variance (K, C), as torch's SyncBatchNorm merges the devices'.
+    Reference: the closed form of the law of total variance."""
+    return _run(COMBINE_MEAN_VAR, combine_mean_var)
+
+
+def _ghost_cases():
+    cases = []
+    for n, d, shards in ((10, 3, 4), (12, 2, 3), (7, 4, 2)):
+        x, gamma, beta, _ = _spread_batch((n, d), seed=n)
+        cases.append((x, gamma, beta, shards, 1e-5))
+    return cases
+
+
+def _ghost_reference(x, gamma, beta, num_shards, eps):
+    import torch
+    import torch.nn.functional as F
+    g, b = torch.from_numpy(gamma), torch.from_numpy(beta)
+    return torch.cat([F.batch_norm(c, None, None, g, b, training=True, eps=eps)
+                      for c in torch.from_numpy(x).tensor_split(num_shards)]).numpy()
+
+
+def _bn_rows(x, gamma, beta, eps, ddof=0):
+    return gamma * (x - x.mean(axis=0)) / np.sqrt(x.var(axis=0, ddof=ddof) + eps) + beta
+
+
+def _ghost_strided(x, gamma, beta, num_shards, eps):
+    out = np.empty_like(x)
+    for k in range(num_shards):
+        out[k::num_shards] = _bn_rows(x[k::num_shards], gamma, beta, eps)
+    return out
+
+
+def _ghost_remainder_last(x, gamma, beta, num_shards, eps):
+    size = len(x) // num_shards
+    stops = [size * k for k in range(1, num_shards)] + [len(x)]
+    starts = [0] + stops[:-1]
+    return np.concatenate([_bn_rows(x[a:b], gamma, beta, eps) for a, b in zip(starts, stops)])
+
+
+GHOST_BATCHNORM = Check(
+    title="ghost_batchnorm", args=("x", "gamma", "beta", "num_shards", "eps"), outputs="out",
+    cases=_ghost_cases,
+    describe=lambda x, gamma, beta, num_shards, eps: f"x of shape {x.shape}, num_shards={num_shards}",
+    reference=_ghost_reference,
+    mistakes={
+        "You normalized the whole batch at once: each of the num_shards shards needs its own mean "
+        "and variance.": lambda x, gamma, beta, num_shards, eps: _bn_rows(x, gamma, beta, eps),
+        "Your shards are strided (x[k::num_shards]); data parallelism gives each device a "
+        "CONTIGUOUS block of the batch, as np.array_split does.": _ghost_strided,
+        "Your shards have the wrong sizes: as equal as possible, with the FIRST N % num_shards "
+        "shards one example larger (np.array_split, torch.tensor_split).": _ghost_remainder_last,
+        "You used the unbiased variance (divide by n - 1) in a shard; BN normalizes with the biased one.":
+            lambda x, gamma, beta, num_shards, eps: np.concatenate(
+                [_bn_rows(s, gamma, beta, eps, ddof=1) for s in np.array_split(x, num_shards)]),
+    })
+
+
+def check_ghost_batchnorm(ghost_batchnorm):
+    """Exercise check (notebook 09): ghost_batchnorm(x, gamma, beta, num_shards, eps) -> out of
+    x's shape (N, D): x split into num_shards contiguous shards (np.array_split's sizes), each
+    normalized with its own mean and biased variance, then gamma * x_hat + beta.
+    Reference: torch's batch_norm on each torch.tensor_split chunk."""
+    return _run(GHOST_BATCHNORM, ghost_batchnorm)

@@ -103,6 +103,22 @@ def dropout_variance_ratio(mean, var, p):
     return (second_moment - mean * mean) / var
 
 
+def combine_mean_var(counts, means, variances):
+    n = counts.sum()
+    w = counts[:, None] / n
+    mean = (w * means).sum(axis=0)
+    second_moment = (w * (variances + means ** 2)).sum(axis=0)      # E[x^2], shard by shard
+    return mean, second_moment - mean ** 2
+
+
+def ghost_batchnorm(x, gamma, beta, num_shards, eps):
+    parts = []
+    for shard in np.array_split(x, num_shards):
+        mu = shard.mean(axis=0)
+        parts.append(gamma * (shard - mu) / np.sqrt(((shard - mu) ** 2).mean(axis=0) + eps) + beta)
+    return np.vstack(parts)
+
+
 # title: (the public check, its data, a right answer)
 CHECKS = {
     "standardize": (bnlib.check_standardize, bnlib.STANDARDIZE, standardize),
@@ -122,6 +138,8 @@ CHECKS = {
     "groupnorm_rows": (bnlib.check_groupnorm_rows, bnlib.GROUPNORM_ROWS, groupnorm_rows),
     "dropout_variance_ratio": (bnlib.check_dropout_variance_ratio, bnlib.DROPOUT_VARIANCE_RATIO,
                                dropout_variance_ratio),
+    "combine_mean_var": (bnlib.check_combine_mean_var, bnlib.COMBINE_MEAN_VAR, combine_mean_var),
+    "ghost_batchnorm": (bnlib.check_ghost_batchnorm, bnlib.GHOST_BATCHNORM, ghost_batchnorm),
 }
 
 
@@ -279,6 +297,43 @@ def _x_hat_eps_outside(value, mates, eps=1e-5):
     return (value - batch.mean()) / (batch.std() + eps)
 
 
+def _combine_plain_average(counts, means, variances):
+    mean = np.mean(means, axis=0)
+    return mean, np.mean(variances, axis=0) + np.var(means, axis=0)
+
+
+def _combine_within_only(counts, means, variances):
+    n = counts.sum()
+    return (counts[:, None] * means).sum(0) / n, (counts[:, None] * variances).sum(0) / n
+
+
+def _combine_unbiased(counts, means, variances):
+    mean, var = combine_mean_var(counts, means, variances)
+    return mean, var * counts.sum() / (counts.sum() - 1)
+
+
+def _ghost_whole_batch(x, gamma, beta, num_shards, eps):
+    return gamma * (x - x.mean(0)) / np.sqrt(x.var(0) + eps) + beta
+
+
+def _ghost_every_kth(x, gamma, beta, num_shards, eps):
+    out = np.zeros_like(x)
+    for k in range(num_shards):
+        out[k::num_shards] = _ghost_whole_batch(x[k::num_shards], gamma, beta, 1, eps)
+    return out
+
+
+def _ghost_last_gets_the_rest(x, gamma, beta, num_shards, eps):
+    size = len(x) // num_shards
+    bounds = [k * size for k in range(num_shards)] + [len(x)]
+    return np.vstack([_ghost_whole_batch(x[a:b], gamma, beta, 1, eps) for a, b in zip(bounds, bounds[1:])])
+
+
+def _ghost_sample_variance(x, gamma, beta, num_shards, eps):
+    return np.vstack([gamma * (s - s.mean(0)) / np.sqrt(s.var(0, ddof=1) + eps) + beta
+                      for s in np.array_split(x, num_shards)])
+
+
 # title: [(a learner's function with one mistake, words the check must say about it)]
 MISTAKES = {
     "standardize": [(_sample_std, "1/(N-1)"), (_no_guard, "constant column"), (_global_stats, "mu is one number")],
@@ -322,6 +377,10 @@ MISTAKES = {
         (lambda mean, var, p: ((var + mean ** 2) / p - mean ** 2) / var, "KEEP"),
         (lambda mean, var, p: var / ((var + mean ** 2) / (1 - p) - mean ** 2), "test / train"),
         (lambda mean, var, p: (var * (1 - p) + mean ** 2 * p * (1 - p)) / var, "rescaling")],
+    "combine_mean_var": [(_combine_plain_average, "same size"), (_combine_within_only, "misses how far"),
+                         (_combine_unbiased, "n - 1")],
+    "ghost_batchnorm": [(_ghost_whole_batch, "whole batch at once"), (_ghost_every_kth, "strided"),
+                        (_ghost_last_gets_the_rest, "wrong sizes"), (_ghost_sample_variance, "unbiased")],
 }
 
 

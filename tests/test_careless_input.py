@@ -92,6 +92,8 @@ FUNCTIONS = {
                                                                [0.01], 1, 2), DIGITS),
     "side_by_side_accuracy": (lambda Xc: bnlib.side_by_side_accuracy(bnlib.conv_nets_side_by_side([0]), Xc, Y4),
                               DIGITS),
+    "per_device_batchnorm": (lambda x: bnlib.per_device_batchnorm(x, G, B, np.ones((8, 3)), 2), X),
+    "synced_batchnorm": (lambda x: bnlib.synced_batchnorm(x, G, B, np.ones((8, 3)), 1), X),   # 1 worker process
 }
 KINDS = list(careless(X))
 

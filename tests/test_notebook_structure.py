@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTED = ["01_input_normalization", "02_sigmoid_linear_region", "03_forward_backward",
             "04_train_vs_inference", "05_conv_batchnorm", "06_why_batchnorm_works",
-            "07_batchnorm_in_practice", "08_batchnorm_in_modern_networks"]
+            "07_batchnorm_in_practice", "08_batchnorm_in_modern_networks", "09_batchnorm_across_devices"]
 
 
 def notebook(name):
