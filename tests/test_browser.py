@@ -197,21 +197,8 @@ def test_chromium_is_installed():
     assert CHROMIUM.exists(), f"{CHROMIUM} is missing; install it with: {INSTALL_HINT}"
 
 
-@pytest.fixture(scope="session")
-def chromium():
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing; install it with: {INSTALL_HINT}")
-    from playwright.sync_api import sync_playwright
-    pw = sync_playwright().start()
-    try:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                     args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-    finally:
-        pw.stop()
+# The session's one Chromium, the `chromium` fixture, is in tests/conftest.py (test_hub.py uses it
+# too: two sync Playwright instances cannot run in one process).
 
 
 @pytest.fixture(scope="session")

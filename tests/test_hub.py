@@ -35,7 +35,7 @@ import pytest
 
 from test_browser import (RENDER_TIMEOUT, RUN_ALL_TIMEOUT, RUN_DONE_JS, STATE_JS,
                           VIEWPORT, _cell_errors, _drag_first_slider, _poll,
-                          _wait_kernel_settled, chromium)  # noqa: F401 -- chromium is a fixture
+                          _wait_kernel_settled)
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts" / "hub"
